@@ -1,0 +1,7 @@
+"""slhmc-jax: self-learning hybrid Monte Carlo for fine-tuning MLIPs toward a target DFT."""
+
+from slhmc_jax import _jax_config  # noqa: F401  (enables float64 before any array is made)
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,631 @@
+"""Neighbour lists in JAX, exact for any periodicity, including cells thinner than the cutoff.
+
+Two halves, after jax-md:
+
+- :func:`allocate` (host, NumPy control flow) inspects a configuration, picks the static
+  layout (pair capacity, search method, image range or cell-list grid) and builds the list;
+- :func:`build` and :func:`update` (pure, jit- and vmap-able, static shapes) rebuild or reuse
+  it inside compiled code, and raise ``Neighbours.overflow`` instead of dropping pairs when
+  the layout no longer fits. The caller (host) then calls :func:`reallocate`.
+
+Pair convention (ASE's ``primitive_neighbor_list('ijS')``): pair ``k`` links atom
+``i = senders[k]`` to atom ``j = receivers[k]`` through the displacement
+
+    d_k = positions[j] - positions[i] + shifts[k] @ cell        (Angstrom)
+
+with ``|d_k| < cutoff + skin``. The list is full (both ``(i, j, S)`` and ``(j, i, -S)``) and
+contains an atom's own periodic images (``i == j``, ``S != 0``). Padded entries have
+``mask == False`` and ``senders == receivers == n_atoms`` (scatters with ``mode='drop'`` or
+``segment_sum(num_segments=n_atoms)`` ignore them; use :func:`edge_vectors` for displacements).
+
+Search methods:
+
+- ``"brute"``: all pairs times every lattice translation that can reach the cutoff,
+  ``n_k = ceil(r / w_k)`` images per periodic direction (``w_k`` the distance between lattice
+  planes). Exact for cells much smaller than the cutoff and for non-periodic directions.
+  O(N^2 n_images).
+- ``"cells"``: a cell list on fractional coordinates (fully periodic cells at least one search
+  radius wide in every direction): O(N).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from slhmc_jax import _jax_config  # noqa: F401
+
+_BRUTE_CHUNK_ELEMENTS = 1 << 21  # candidate pairs evaluated per scan step of the brute search
+
+
+class Neighbours(NamedTuple):
+    """A fixed-capacity pair list (a pytree; vmap adds a leading chain axis to every leaf).
+
+    Attributes:
+        senders: (capacity,) int32, atom i of each pair (n_atoms where padded).
+        receivers: (capacity,) int32, atom j of each pair (n_atoms where padded).
+        shifts: (capacity, 3) int32, integer lattice translation S of each pair.
+        mask: (capacity,) bool, True for real pairs.
+        n_pairs: () int32, pairs found by the last build (may exceed capacity on overflow).
+        overflow: () bool, True if the last build did not fit the layout (too many pairs,
+            a full cell-list bin, or a cell that shrank below the searched image range).
+        reference_positions: (n_atoms, 3) positions of the last build, Angstrom.
+        reference_cell: (3, 3) cell of the last build, Angstrom.
+    """
+
+    senders: jax.Array
+    receivers: jax.Array
+    shifts: jax.Array
+    mask: jax.Array
+    n_pairs: jax.Array
+    overflow: jax.Array
+    reference_positions: jax.Array
+    reference_cell: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class NeighbourLayout:
+    """Static description of a neighbour list (hashable: a jit static argument).
+
+    Attributes:
+        n_atoms: number of atoms.
+        cutoff: interaction cutoff, Angstrom.
+        skin: Verlet skin, Angstrom; pairs are kept up to cutoff + skin and the list is
+            reused while no atom has moved more than skin / 2 and the cell is unchanged.
+        pbc: periodicity of the three lattice directions.
+        capacity: maximum number of pairs.
+        method: "brute" or "cells".
+        n_images: brute search: lattice translations searched per direction (0 if not periodic).
+        grid: cells search: number of bins along each lattice direction.
+        bin_capacity: cells search: maximum atoms per bin.
+    """
+
+    n_atoms: int
+    cutoff: float
+    skin: float
+    pbc: tuple[bool, bool, bool]
+    capacity: int
+    method: str = "brute"
+    n_images: tuple[int, int, int] = (0, 0, 0)
+    grid: tuple[int, int, int] = (1, 1, 1)
+    bin_capacity: int = 0
+
+    @property
+    def search_radius(self) -> float:
+        """cutoff + skin, Angstrom."""
+        return self.cutoff + self.skin
+
+
+# ----------------------------------------------------------------------------------------
+# geometry helpers (pure)
+
+
+def _completed_cell(cell: jax.Array, pbc: tuple[bool, bool, bool]) -> jax.Array:
+    """Cell with every non-periodic row replaced by a unit vector normal to the periodic rows.
+
+    Positions are only wrapped and imaged along periodic rows, so the non-periodic rows may be
+    anything that keeps the matrix invertible (ASE allows them to be zero).
+    """
+    periodic = [k for k in range(3) if pbc[k]]
+    rows = [cell[k] for k in range(3)]
+    if len(periodic) == 3:
+        return cell
+    eye = jnp.eye(3, dtype=cell.dtype)
+    if len(periodic) == 0:
+        return eye
+    if len(periodic) == 2:
+        a, b = rows[periodic[0]], rows[periodic[1]]
+        n = jnp.cross(a, b)
+        n = n / jnp.linalg.norm(n)
+        (k,) = [k for k in range(3) if not pbc[k]]
+        rows[k] = n
+        return jnp.stack(rows)
+    # one periodic direction: two unit vectors orthogonal to it and to each other
+    a = rows[periodic[0]]
+    ahat = a / jnp.linalg.norm(a)
+    # pick the coordinate axis least parallel to a
+    trial = eye[jnp.argmin(jnp.abs(ahat))]
+    u = jnp.cross(ahat, trial)
+    u = u / jnp.linalg.norm(u)
+    v = jnp.cross(ahat, u)
+    free = [k for k in range(3) if not pbc[k]]
+    rows[free[0]], rows[free[1]] = u, v
+    return jnp.stack(rows)
+
+
+def plane_widths(cell: jax.Array) -> jax.Array:
+    """(3,) distances between lattice planes, w_k = V / |a_l x a_m|, Angstrom."""
+    volume = jnp.abs(jnp.linalg.det(cell))
+    cross = jnp.stack(
+        [jnp.cross(cell[1], cell[2]), jnp.cross(cell[2], cell[0]), jnp.cross(cell[0], cell[1])]
+    )
+    return volume / jnp.linalg.norm(cross, axis=1)
+
+
+def _wrap(positions, cell, pbc):
+    """Wrap positions into the cell along periodic directions.
+
+    Returns:
+        wrapped: (n, 3) positions - W @ cell.
+        fractional: (n, 3) fractional coordinates of the wrapped positions (periodic ones in [0, 1)).
+        W: (n, 3) int32 lattice translation removed from each atom.
+    """
+    full = _completed_cell(cell, pbc)
+    frac = jnp.linalg.solve(full.T, positions.T).T
+    periodic = jnp.asarray(pbc)
+    W = jnp.where(periodic, jnp.floor(frac), 0.0)
+    frac = frac - W
+    wrapped = positions - W @ full
+    return wrapped, frac, W.astype(jnp.int32)
+
+
+def edge_vectors(positions: jax.Array, cell: jax.Array, neighbours: Neighbours, fill: float = 1e3):
+    """Pair displacement vectors d_k = x[j] - x[i] + S_k @ cell, Angstrom.
+
+    Args:
+        positions: (n_atoms, 3) Angstrom.
+        cell: (3, 3) Angstrom.
+        neighbours: the pair list.
+        fill: length of the vector put on padded entries (far beyond any cutoff, so smooth
+            cutoff functions vanish there and gradients stay finite).
+
+    Returns:
+        (capacity, 3) displacement vectors in the dtype of ``positions``.
+    """
+    n = positions.shape[0]
+    i = jnp.minimum(neighbours.senders, n - 1)
+    j = jnp.minimum(neighbours.receivers, n - 1)
+    d = positions[j] - positions[i] + neighbours.shifts.astype(positions.dtype) @ cell
+    far = jnp.zeros_like(d).at[:, 0].set(fill)
+    return jnp.where(neighbours.mask[:, None], d, far)
+
+
+# ----------------------------------------------------------------------------------------
+# pure build / update
+
+
+def _image_list(n_images: tuple[int, int, int]) -> np.ndarray:
+    ranges = [range(-n, n + 1) for n in n_images]
+    return np.array(list(itertools.product(*ranges)), dtype=np.int32).reshape(-1, 3)
+
+
+def _empty(layout: NeighbourLayout, positions, cell) -> Neighbours:
+    cap, n = layout.capacity, layout.n_atoms
+    return Neighbours(
+        senders=jnp.full((cap,), n, jnp.int32),
+        receivers=jnp.full((cap,), n, jnp.int32),
+        shifts=jnp.zeros((cap, 3), jnp.int32),
+        mask=jnp.zeros((cap,), bool),
+        n_pairs=jnp.zeros((), jnp.int32),
+        overflow=jnp.zeros((), bool),
+        reference_positions=positions,
+        reference_cell=cell,
+    )
+
+
+def _build_brute(layout: NeighbourLayout, positions, cell) -> Neighbours:
+    n, cap = layout.n_atoms, layout.capacity
+    r2max = layout.search_radius**2
+    wrapped, _, W = _wrap(positions, cell, layout.pbc)
+    images = _image_list(layout.n_images)
+    n_img = images.shape[0]
+    per_step = max(1, min(n_img, _BRUTE_CHUNK_ELEMENTS // max(1, n * n)))
+    n_steps = -(-n_img // per_step)
+    # pad the image list with a sentinel row (flag column) that matches nothing
+    padded = np.zeros((n_steps * per_step, 4), np.int32)
+    padded[:n_img, :3] = images
+    padded[:n_img, 3] = 1
+    chunks = jnp.asarray(padded.reshape(n_steps, per_step, 4))
+    ii, jj = jnp.meshgrid(jnp.arange(n, dtype=jnp.int32), jnp.arange(n, dtype=jnp.int32), indexing="ij")
+    ii = jnp.broadcast_to(ii, (per_step, n, n)).reshape(-1)
+    jj = jnp.broadcast_to(jj, (per_step, n, n)).reshape(-1)
+    base = wrapped[None, :, :] - wrapped[:, None, :]  # (n, n, 3): x_j - x_i
+
+    def step(carry, chunk):
+        senders, receivers, shifts, count = carry
+        s = chunk[:, :3]
+        real = chunk[:, 3] == 1
+        t = s.astype(positions.dtype) @ cell  # (per_step, 3)
+        d = base[None] + t[:, None, None, :]
+        r2 = jnp.sum(d * d, axis=-1)  # (per_step, n, n)
+        is_zero_shift = jnp.all(s == 0, axis=1)[:, None, None]
+        self_pair = (ii == jj).reshape(per_step, n, n) & is_zero_shift
+        hit = (r2 < r2max) & ~self_pair & real[:, None, None]
+        hit = hit.reshape(-1)
+        rank = jnp.cumsum(hit, dtype=jnp.int32) - 1 + count
+        slot = jnp.where(hit & (rank < cap), rank, cap)
+        S = jnp.broadcast_to(s[:, None, None, :], (per_step, n, n, 3)).reshape(-1, 3)
+        S = S - W[jj] + W[ii]
+        senders = senders.at[slot].set(ii, mode="drop")
+        receivers = receivers.at[slot].set(jj, mode="drop")
+        shifts = shifts.at[slot].set(S, mode="drop")
+        return (senders, receivers, shifts, count + jnp.sum(hit, dtype=jnp.int32)), None
+
+    init = (
+        jnp.full((cap,), n, jnp.int32),
+        jnp.full((cap,), n, jnp.int32),
+        jnp.zeros((cap, 3), jnp.int32),
+        jnp.zeros((), jnp.int32),
+    )
+    (senders, receivers, shifts, count), _ = jax.lax.scan(step, init, chunks)
+    full = _completed_cell(cell, layout.pbc)
+    needed = jnp.ceil(layout.search_radius / plane_widths(full))
+    too_few_images = jnp.any(jnp.asarray(layout.pbc) & (needed > jnp.asarray(layout.n_images)))
+    mask = jnp.arange(cap) < count
+    return Neighbours(
+        senders=senders,
+        receivers=receivers,
+        shifts=shifts,
+        mask=mask,
+        n_pairs=count,
+        overflow=(count > cap) | too_few_images,
+        reference_positions=positions,
+        reference_cell=cell,
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _bin_stencil(grid: tuple[int, int, int]):
+    """For every bin, its 27 neighbouring bins and the lattice shift of each (static tables)."""
+    gx, gy, gz = grid
+    b = np.array(list(itertools.product(range(gx), range(gy), range(gz))), np.int64)
+    offsets = np.array(list(itertools.product((-1, 0, 1), repeat=3)), np.int64)
+    raw = b[:, None, :] + offsets[None, :, :]  # (n_bins, 27, 3)
+    g = np.array(grid)
+    shift = np.floor_divide(raw, g)
+    nb = raw - shift * g
+    nb_id = (nb[..., 0] * gy + nb[..., 1]) * gz + nb[..., 2]
+    return nb_id.astype(np.int32), shift.astype(np.int32)
+
+
+def _build_cells(layout: NeighbourLayout, positions, cell) -> Neighbours:
+    n, cap, bcap = layout.n_atoms, layout.capacity, layout.bin_capacity
+    gx, gy, gz = layout.grid
+    n_bins = gx * gy * gz
+    r2max = layout.search_radius**2
+    wrapped, frac, W = _wrap(positions, cell, layout.pbc)
+    g = jnp.asarray(layout.grid)
+    b3 = jnp.clip(jnp.floor(frac * g).astype(jnp.int32), 0, g - 1)
+    bin_id = (b3[:, 0] * gy + b3[:, 1]) * gz + b3[:, 2]
+    order = jnp.argsort(bin_id, stable=True).astype(jnp.int32)
+    sorted_bins = bin_id[order]
+    counts = jnp.zeros((n_bins,), jnp.int32).at[bin_id].add(1)
+    starts = jnp.cumsum(counts) - counts
+    rank = jnp.arange(n, dtype=jnp.int32) - starts[sorted_bins]
+    table = jnp.full((n_bins, bcap), n, jnp.int32)
+    table = table.at[sorted_bins, rank].set(order, mode="drop")
+    nb_id, nb_shift = _bin_stencil(layout.grid)
+    nb_id, nb_shift = jnp.asarray(nb_id), jnp.asarray(nb_shift)
+
+    # candidates of atom i: every slot of its 27 neighbouring bins
+    cand = table[nb_id[bin_id]].reshape(n, 27 * bcap)  # (n, 27*bcap)
+    s = jnp.repeat(nb_shift[bin_id], bcap, axis=1)  # (n, 27*bcap, 3)
+    valid = cand < n
+    jc = jnp.minimum(cand, n - 1)
+    d = wrapped[jc] - wrapped[:, None, :] + s.astype(positions.dtype) @ cell
+    r2 = jnp.sum(d * d, axis=-1)
+    i_idx = jnp.arange(n, dtype=jnp.int32)[:, None]
+    self_pair = (jc == i_idx) & jnp.all(s == 0, axis=-1)
+    hit = (valid & (r2 < r2max) & ~self_pair).reshape(-1)
+    count = jnp.sum(hit, dtype=jnp.int32)
+    (flat,) = jnp.nonzero(hit, size=cap, fill_value=hit.shape[0])
+    real = flat < hit.shape[0]
+    flat_c = jnp.minimum(flat, hit.shape[0] - 1)
+    senders = jnp.where(real, flat_c // (27 * bcap), n).astype(jnp.int32)
+    receivers = jnp.where(real, cand.reshape(-1)[flat_c], n).astype(jnp.int32)
+    S = s.reshape(-1, 3)[flat_c]
+    si, sj = jnp.minimum(senders, n - 1), jnp.minimum(receivers, n - 1)
+    S = jnp.where(real[:, None], S - W[sj] + W[si], 0)
+
+    widths = plane_widths(cell)
+    bins_too_thin = jnp.any(widths / g < layout.search_radius)
+    return Neighbours(
+        senders=senders,
+        receivers=receivers,
+        shifts=S.astype(jnp.int32),
+        mask=real,
+        n_pairs=count,
+        overflow=(count > cap) | (jnp.max(counts) > bcap) | bins_too_thin,
+        reference_positions=positions,
+        reference_cell=cell,
+    )
+
+
+def build(layout: NeighbourLayout, positions: jax.Array, cell: jax.Array) -> Neighbours:
+    """Build the pair list from scratch (pure; jit with ``layout`` static, vmap over chains).
+
+    Args:
+        layout: static layout from :func:`allocate`.
+        positions: (n_atoms, 3) Angstrom.
+        cell: (3, 3) Angstrom (rows are lattice vectors).
+
+    Returns:
+        Neighbours; check ``overflow`` on the host and call :func:`reallocate` if set.
+    """
+    if layout.n_atoms == 0 or layout.capacity == 0:
+        return _empty(layout, positions, cell)
+    if layout.method == "cells":
+        return _build_cells(layout, positions, cell)
+    return _build_brute(layout, positions, cell)
+
+
+def needs_rebuild(layout: NeighbourLayout, positions: jax.Array, cell: jax.Array, neighbours: Neighbours):
+    """True if the list may miss a pair: an atom moved more than skin/2, or the cell changed.
+
+    Equation: every pair with |d| < cutoff now had |d| < cutoff + skin at the reference
+    positions when max_i |x_i - x_i^ref| <= skin / 2 (triangle inequality, same S and cell).
+    """
+    disp = positions - neighbours.reference_positions
+    max_disp2 = jnp.max(jnp.sum(disp * disp, axis=-1)) if layout.n_atoms else jnp.zeros(())
+    moved = max_disp2 > (0.5 * layout.skin) ** 2
+    cell_changed = jnp.any(cell != neighbours.reference_cell)
+    return moved | cell_changed
+
+
+def update(layout: NeighbourLayout, positions: jax.Array, cell: jax.Array, neighbours: Neighbours) -> Neighbours:
+    """Reuse the list if the skin still covers every pair, otherwise rebuild (pure, jit-able).
+
+    For many chains call :func:`update_batch` rather than ``vmap(update)``: under vmap the
+    branch becomes a select and every chain would rebuild every step.
+    """
+    return jax.lax.cond(
+        needs_rebuild(layout, positions, cell, neighbours),
+        lambda: build(layout, positions, cell),
+        lambda: neighbours,
+    )
+
+
+def update_batch(layout: NeighbourLayout, positions: jax.Array, cells: jax.Array, neighbours: Neighbours) -> Neighbours:
+    """:func:`update` for a batch of chains; rebuilds (all chains) only if some chain needs it.
+
+    Args:
+        positions: (n_chains, n_atoms, 3) Angstrom.
+        cells: (n_chains, 3, 3) Angstrom.
+        neighbours: Neighbours with a leading chain axis.
+    """
+    need = jax.vmap(lambda x, c, nb: needs_rebuild(layout, x, c, nb))(positions, cells, neighbours)
+
+    def rebuild():
+        fresh = jax.vmap(lambda x, c: build(layout, x, c))(positions, cells)
+        return jax.tree_util.tree_map(
+            lambda new, old: jnp.where(need.reshape((-1,) + (1,) * (new.ndim - 1)), new, old), fresh, neighbours
+        )
+
+    return jax.lax.cond(jnp.any(need), rebuild, lambda: neighbours)
+
+
+_build_jit = jax.jit(build, static_argnums=0)
+_build_batch_jit = jax.jit(jax.vmap(build, in_axes=(None, 0, 0)), static_argnums=0)
+
+
+# ----------------------------------------------------------------------------------------
+# host side: validation, allocation, reallocation
+
+
+def validate_geometry(positions, cell, pbc, cutoff: float | None = None) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """Check positions, cell and cutoff; raise ValueError naming the problem.
+
+    Returns:
+        positions (n, 3) float64 array, cell (3, 3) float64 array, pbc as a tuple of 3 bools.
+    """
+    positions = np.asarray(positions, dtype=np.float64)
+    cell = np.asarray(cell, dtype=np.float64)
+    pbc_arr = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+    pbc = tuple(bool(p) for p in pbc_arr)
+    if positions.ndim != 2 or positions.shape[-1] != 3:
+        raise ValueError(f"positions must have shape (n_atoms, 3); got {positions.shape}")
+    if cell.shape != (3, 3):
+        raise ValueError(f"cell must have shape (3, 3); got {cell.shape}")
+    if not np.all(np.isfinite(positions)):
+        bad = np.unique(np.nonzero(~np.isfinite(positions))[0])
+        raise ValueError(f"positions contain non-finite values (NaN or inf) for atom(s) {bad[:10].tolist()}")
+    if not np.all(np.isfinite(cell)):
+        raise ValueError(f"cell contains non-finite values: {cell.tolist()}")
+    if cutoff is not None:
+        if not np.isfinite(cutoff) or cutoff < 0:
+            raise ValueError(f"cutoff must be a finite non-negative distance in Angstrom; got {cutoff}")
+    periodic = [k for k in range(3) if pbc[k]]
+    if periodic:
+        rows = cell[periodic]
+        # Gram determinant: volume (area, length) spanned by the periodic lattice vectors
+        gram = np.linalg.det(rows @ rows.T)
+        scale = np.prod(np.sum(rows * rows, axis=1))
+        if not gram > 1e-20 * max(scale, 1e-300):
+            raise ValueError(
+                "cell has zero volume along its periodic directions "
+                f"(pbc={pbc}, cell={cell.tolist()}): lattice vectors are zero or linearly dependent"
+            )
+    return positions, cell, pbc
+
+
+def _estimate_capacity(n_atoms: int, volume: float, radius: float) -> int:
+    density = n_atoms / max(volume, 1e-12)
+    return max(16, int(1.3 * n_atoms * density * 4.0 / 3.0 * math.pi * radius**3))
+
+
+def _choose_layout(positions, cell, pbc, cutoff, skin, method, capacity, bin_capacity) -> NeighbourLayout:
+    n = positions.shape[0]
+    radius = cutoff + skin
+    full = np.asarray(_completed_cell(jnp.asarray(cell), pbc))
+    widths = np.asarray(plane_widths(jnp.asarray(full)))
+    grid = tuple(int(max(1, math.floor(w / radius))) if radius > 0 else 1 for w in widths)
+    # bins at least one search radius wide: the 27 neighbouring (bin, shift) pairs are distinct
+    # images even for 1 or 2 bins along a direction, so any cell at least `radius` wide works
+    can_bin = all(pbc) and radius > 0 and min(widths) >= radius
+    if method == "auto":
+        # the cell list pays once the all-pairs search is several times the binned one
+        method = "cells" if can_bin and n > 400 else "brute"
+    if method == "cells" and not can_bin:
+        raise ValueError(
+            "method='cells' needs a fully periodic cell at least one search radius wide in every "
+            f"direction (widths {np.round(widths, 3).tolist()} A, radius {radius} A); use method='brute'"
+        )
+    if method not in ("brute", "cells"):
+        raise ValueError(f"unknown neighbour search method {method!r}; expected 'auto', 'brute' or 'cells'")
+    if method == "cells":
+        wrapped_frac = np.linalg.solve(cell.T, positions.T).T
+        wrapped_frac -= np.floor(wrapped_frac)
+        b3 = np.clip(np.floor(wrapped_frac * np.array(grid)).astype(int), 0, np.array(grid) - 1)
+        ids = (b3[:, 0] * grid[1] + b3[:, 1]) * grid[2] + b3[:, 2]
+        max_count = int(np.bincount(ids, minlength=int(np.prod(grid))).max()) if n else 0
+        bcap = bin_capacity or int(math.ceil(1.25 * max_count)) + 2
+        return NeighbourLayout(n, float(cutoff), float(skin), pbc, int(capacity), "cells", (0, 0, 0), grid, bcap)
+    n_images = tuple(int(math.ceil(radius / w)) if (pbc[k] and radius > 0) else 0 for k, w in enumerate(widths))
+    return NeighbourLayout(n, float(cutoff), float(skin), pbc, int(capacity), "brute", n_images)
+
+
+def allocate(
+    positions,
+    cell,
+    pbc,
+    cutoff: float,
+    skin: float = 0.0,
+    *,
+    method: str = "auto",
+    capacity_factor: float = 1.25,
+    batch: bool = False,
+) -> tuple[NeighbourLayout, Neighbours]:
+    """Choose a layout on the host and build the list (jax-md's ``allocate``).
+
+    Args:
+        positions: (n_atoms, 3) Angstrom, or (n_chains, n_atoms, 3) with ``batch=True``.
+        cell: (3, 3) Angstrom, or (n_chains, 3, 3) with ``batch=True``.
+        pbc: bool or 3 bools.
+        cutoff: Angstrom (>= 0).
+        skin: Verlet skin, Angstrom (>= 0).
+        method: "auto", "brute" or "cells".
+        capacity_factor: headroom over the pairs found now (> 1 leaves room for fluctuations).
+        batch: positions and cells carry a leading chain axis; one layout serves all chains.
+
+    Returns:
+        (layout, neighbours); neighbours has a leading chain axis with ``batch=True``.
+    """
+    if not skin >= 0 or not np.isfinite(skin):
+        raise ValueError(f"skin must be a finite non-negative distance in Angstrom; got {skin}")
+    if capacity_factor < 1:
+        raise ValueError(f"capacity_factor must be >= 1; got {capacity_factor}")
+    pos_all = np.asarray(positions, np.float64)
+    cell_all = np.asarray(cell, np.float64)
+    if batch:
+        if pos_all.ndim != 3 or cell_all.ndim != 3 or cell_all.shape[0] != pos_all.shape[0]:
+            raise ValueError(
+                f"batch=True needs positions (n_chains, n_atoms, 3) and cells (n_chains, 3, 3); "
+                f"got {pos_all.shape} and {cell_all.shape}"
+            )
+        pairs = [validate_geometry(p, c, pbc, cutoff) for p, c in zip(pos_all, cell_all)]
+    else:
+        pairs = [validate_geometry(pos_all, cell_all, pbc, cutoff)]
+    p0, c0, pbc_t = pairs[0]
+    n = p0.shape[0]
+    full = np.asarray(_completed_cell(jnp.asarray(c0), pbc_t))
+    capacity = _estimate_capacity(n, abs(np.linalg.det(full)) if all(pbc_t) else _box_volume(p0, full, pbc_t, cutoff + skin), cutoff + skin)
+    layout = _choose_layout(p0, c0, pbc_t, cutoff, skin, method, capacity, 0)
+    if batch:
+        layout = _merge_layouts([_choose_layout(p, c, pbc_t, cutoff, skin, layout.method, capacity, 0) for p, c, _ in pairs])
+    return reallocate(layout, pos_all, cell_all, capacity_factor=capacity_factor, batch=batch)
+
+
+def _box_volume(positions, full_cell, pbc, radius) -> float:
+    """Volume of the region the atoms occupy, for a capacity estimate of partly periodic systems."""
+    if positions.shape[0] == 0:
+        return 1.0
+    frac = np.linalg.solve(full_cell.T, positions.T).T
+    lengths = np.linalg.norm(full_cell, axis=1)
+    extent = []
+    for k in range(3):
+        if pbc[k]:
+            extent.append(lengths[k])
+        else:
+            extent.append(max(np.ptp(frac[:, k]) * lengths[k], radius))
+    return float(np.prod(extent))
+
+
+def _merge_layouts(layouts: list[NeighbourLayout]) -> NeighbourLayout:
+    first = layouts[0]
+    n_images = tuple(max(l.n_images[k] for l in layouts) for k in range(3))
+    grid = tuple(min(l.grid[k] for l in layouts) for k in range(3))
+    bcap = max(l.bin_capacity for l in layouts)
+    cap = max(l.capacity for l in layouts)
+    return dataclasses.replace(first, n_images=n_images, grid=grid, bin_capacity=bcap, capacity=cap)
+
+
+def reallocate(
+    layout: NeighbourLayout,
+    positions,
+    cell,
+    *,
+    capacity_factor: float = 1.25,
+    batch: bool = False,
+    max_tries: int = 8,
+) -> tuple[NeighbourLayout, Neighbours]:
+    """Rebuild on the host, growing the layout until nothing overflows (no pair is ever lost).
+
+    Grows the pair capacity to ``capacity_factor * n_pairs``, the bin capacity for a full bin,
+    and the image range or grid for a cell that changed shape.
+    """
+    positions = jnp.asarray(positions)
+    cell = jnp.asarray(cell)
+    fn = _build_batch_jit if batch else _build_jit
+    for _ in range(max_tries):
+        nbrs = fn(layout, positions, cell)
+        overflow = np.asarray(nbrs.overflow)
+        if not overflow.any():
+            return layout, nbrs
+        layout = _grown(layout, np.asarray(positions), np.asarray(cell), np.asarray(nbrs.n_pairs), capacity_factor, batch)
+    raise RuntimeError(f"neighbour list still overflows after {max_tries} reallocations: {layout}")
+
+
+def _grown(layout, positions, cell, n_pairs, capacity_factor, batch) -> NeighbourLayout:
+    pos_list = positions if batch else positions[None]
+    cell_list = cell if batch else cell[None]
+    fresh = _merge_layouts(
+        [
+            _choose_layout(p, c, layout.pbc, layout.cutoff, layout.skin, "auto", layout.capacity, 0)
+            for p, c in zip(pos_list, cell_list)
+        ]
+    )
+    capacity = max(layout.capacity, int(math.ceil(capacity_factor * int(np.max(n_pairs)))) + 1)
+    if layout.method == "cells" and fresh.method == "cells":
+        grid = tuple(min(a, b) for a, b in zip(layout.grid, fresh.grid))
+        bcap = max(layout.bin_capacity, fresh.bin_capacity)
+        if grid != layout.grid:
+            bcap = max(bcap, int(math.ceil(layout.bin_capacity * np.prod(layout.grid) / np.prod(grid))))
+        return dataclasses.replace(layout, capacity=capacity, grid=grid, bin_capacity=bcap)
+    if layout.method == "cells":
+        # the cell no longer holds three bins per direction: fall back to the exact all-pairs search
+        return dataclasses.replace(fresh, capacity=capacity)
+    n_images = tuple(max(a, b) for a, b in zip(layout.n_images, fresh.n_images))
+    return dataclasses.replace(layout, capacity=capacity, n_images=n_images)
+
+
+def neighbour_pairs(atoms, cutoff: float, *, skin: float = 0.0, method: str = "auto"):
+    """All pairs within ``cutoff`` of an ``ase.Atoms``, as ASE's ``primitive_neighbor_list('ijS')``.
+
+    Computed with this module's JAX list (not by calling ASE).
+
+    Args:
+        atoms: ase.Atoms (positions, cell, pbc are used).
+        cutoff: Angstrom.
+
+    Returns:
+        (i, j, S): int arrays of shapes (n_pairs,), (n_pairs,), (n_pairs, 3), sorted by
+        (i, j, S), with positions[j] - positions[i] + S @ cell shorter than cutoff.
+    """
+    if cutoff is None or not np.isfinite(cutoff) or cutoff < 0:
+        raise ValueError(f"cutoff must be a finite non-negative distance in Angstrom; got {cutoff}")
+    positions = atoms.get_positions()
+    cell = np.asarray(atoms.get_cell())
+    layout, nbrs = allocate(positions, cell, tuple(atoms.get_pbc()), float(cutoff), skin, method=method)
+    mask = np.asarray(nbrs.mask)
+    i = np.asarray(nbrs.senders)[mask].astype(np.int64)
+    j = np.asarray(nbrs.receivers)[mask].astype(np.int64)
+    S = np.asarray(nbrs.shifts)[mask].astype(np.int64)
+    order = np.lexsort((S[:, 2], S[:, 1], S[:, 0], j, i))
+    return i[order], j[order], S[order]
