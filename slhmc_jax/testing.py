@@ -197,7 +197,7 @@ def assert_smooth_at_cutoff(
     distances = np.concatenate([np.linspace(rc - width, rc - width / n_points, n_points), [rc + width]])
     results = []
     for r in distances:
-        dimer = ase.Atoms(numbers=numbers, positions=[[0, 0, 0], [r, 0.3 * 0, 0]], cell=np.eye(3) * (3 * rc + 10), pbc=False)
+        dimer = ase.Atoms(numbers=numbers, positions=[[0, 0, 0], [r, 0, 0]], cell=np.eye(3) * (3 * rc + 10), pbc=False)
         results.append(evaluate(potential, dimer, params))
     e_far = results[-1][0]
     _check("energy continuity at the cutoff", max(abs(e - e_far) for e, _, _ in results), energy_atol, "max |E(r_c - dr) - E(r > r_c)| (eV)")

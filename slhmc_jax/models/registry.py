@@ -215,7 +215,8 @@ def _build_mace(atomic_numbers, *, key=None, dtype=jnp.float64, **hyper):
         if hp:
             raise ValueError(f"pass either hyperparameters= or keyword hyperparameters, not both; got {sorted(hp)}")
     else:
-        hps = mace.MACEHyperparameters(atomic_numbers=tuple(atomic_numbers), **hp)
+        size = hp.pop("size", "small")
+        hps = dataclasses.replace(mace.mp0_hyperparameters(size, atomic_numbers=tuple(atomic_numbers)), **hp)
     return mace.build(hps, key=key, dtype=dtype)
 
 
