@@ -154,7 +154,7 @@ def from_flax_module(module, atomic_numbers, cutoff: float, *, key=None, dtype=j
     table = SpeciesTable(tuple(atomic_numbers))
     if params is None:
         key = jax.random.PRNGKey(0) if key is None else key
-        params = module.init(key, *_example_inputs(len(table.atomic_numbers), dtype))
+        params = jax.jit(module.init)(key, *_example_inputs(len(table.atomic_numbers), dtype))
     params = jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
     return FlaxPotential(module, params, cutoff, table.atomic_numbers)
 
