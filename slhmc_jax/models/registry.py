@@ -80,11 +80,12 @@ class SpeciesTable:
         return jnp.asarray(self.lookup)[atomic_numbers]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class FlaxPotential:
     """A flax module (see the module docstring for its call signature) as a Potential.
 
     E = sum_i node_energies_i (eV), with node energies from ``module.apply(params, ...)``.
+    Compared and hashed by identity (it can be a static jit argument).
 
     Attributes:
         module: the flax module.
