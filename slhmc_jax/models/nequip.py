@@ -40,8 +40,8 @@ class NequIP(nn.Module):
         n_layers: message-passing layers.
         n_basis: radial Bessel functions.
         radial_hidden: hidden widths of the radial MLP.
-        envelope_p: the envelope has derivatives 1..envelope_p zero at r = 0 side and 2 at r_c side
-            (``e3nn.poly_envelope(envelope_p - 1, 2)``, the DimeNet u_p form).
+        envelope_p: order p of the polynomial envelope ``e3nn.poly_envelope(p - 1, 2)`` (DimeNet's
+            u_p): u(0) = 1 with p - 1 vanishing derivatives, u(1) = u'(1) = u''(1) = 0.
         avg_num_neighbors: normalisation of the message sum.
         energy_scale: eV, multiplies the readout.
     """
