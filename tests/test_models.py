@@ -187,3 +187,20 @@ def test_species_table_errors():
         registry.register("nequip", lambda *a, **k: None)
     with pytest.raises(ValueError, match="distinct"):
         registry.SpeciesTable((8, 8))
+
+
+def test_flax_potential_vmaps_over_chains():
+    """vmap over a chain axis gives the per-configuration energies (batched neighbour lists)."""
+    import jax
+
+    from slhmc_jax import neighbours as nl
+
+    pot = registry.build("nequip", (8, 22), cutoff=3.5, hidden_irreps="4x0e+2x1o", n_layers=1, radial_hidden=(4,))
+    configs = [rutile(seed=s) for s in (5, 6)]
+    x = np.stack([a.get_positions() for a in configs])
+    c = np.stack([np.asarray(a.get_cell()) for a in configs])
+    _, nbrs = nl.allocate(x, c, True, pot.cutoff, batch=True)
+    z = jnp.asarray(configs[0].get_atomic_numbers())
+    batched = jax.vmap(pot.energy, in_axes=(None, 0, 0, None, 0))(pot.params, jnp.asarray(x), jnp.asarray(c), z, nbrs)
+    single = [testing.evaluate(pot, a)[0] for a in configs]
+    np.testing.assert_allclose(np.asarray(batched), single, rtol=0, atol=1e-10)
