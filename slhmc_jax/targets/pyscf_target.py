@@ -221,17 +221,21 @@ class PySCFTarget:
                 "retries": tried[1:]}
         return TargetResult(energy_eV=float(e) * Hartree, forces_eV_A=forces, info=info), mf.make_rdm1()
 
-    def evaluate(self, atoms_list: Sequence[Any]) -> list[TargetResult]:
-        """Evaluate sequentially; slot k reuses the dm of slot k from the previous call."""
-        out = []
-        for k, atoms in enumerate(atoms_list):
+    def evaluate_streaming(self, atoms_list: Sequence[Any], slots: Sequence[int] | None = None):
+        """Yield (j, TargetResult) as each configuration finishes; slot slots[j] (default j) is its chain."""
+        slots = list(range(len(atoms_list))) if slots is None else list(slots)
+        for j, atoms in enumerate(atoms_list):
+            k = slots[j]
             key = tuple(atoms.get_atomic_numbers())
-            dm0 = self._dm.get(k, (None, None))
-            dm0 = dm0[1] if (self.warm_start and dm0[0] == key) else None
+            prev = self._dm.get(k, (None, None))
+            dm0 = prev[1] if (self.warm_start and prev[0] == key) else None
             res, dm = self.evaluate_one(atoms, dm0)
             self._dm[k] = (key, dm)
-            out.append(res)
-        return out
+            yield j, res
+
+    def evaluate(self, atoms_list: Sequence[Any]) -> list[TargetResult]:
+        """Evaluate sequentially; slot k reuses the dm of slot k from the previous call."""
+        return [r for _, r in self.evaluate_streaming(atoms_list)]
 
     def __call__(self, atoms_list: Sequence[Any]) -> np.ndarray:
         return np.array([r.energy_eV for r in self.evaluate(atoms_list)], dtype=np.float64)
