@@ -4,4 +4,6 @@ from slhmc_jax import _jax_config  # noqa: F401  (enables float64 before any arr
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from slhmc_jax.sampling import SampleResult, sample  # noqa: E402
+
+__all__ = ["__version__", "sample", "SampleResult"]
