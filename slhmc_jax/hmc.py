@@ -75,3 +75,53 @@ def accept(state: ChainState, proposal: Proposal, proposed_target_energy, temper
         state.n_steps + 1,
     )
     return new, ok
+
+
+EV_PER_A3_IN_GPA = 160.21766208
+
+
+def propose_cell(state: ChainState, key, max_log_step, mode: str = "isotropic"):
+    """Symmetric random walk of the cell in ln V ("isotropic") or ln a, ln b, ln c ("orthorhombic").
+
+    Positions are scaled at fixed fractional coordinates. Returns (positions', cell', log_jacobian).
+
+    Derivation (NPT, ensemble measure dx dV e^{-beta(E(x,V) + P V)}): with fractional
+    coordinates s (x = s h) dx = det(h)^N ds = V^N ds. Isotropic: the proposal is symmetric in
+    u = ln V and dV = V du, so the target density in (s, u) is V^{N+1} e^{-beta(E + P V)} and the
+    Metropolis ratio carries J = (V'/V)^{N+1}, i.e. log J = (N+1) ln(V'/V). Orthorhombic
+    (h = diag(a, b, c), symmetric walk in ln a, ln b, ln c, da db dc = abc du dv dw):
+    J = (V'/V)^{N+1} as well, with V = abc; the sampled measure is
+    (abc)^N e^{-beta(E + P abc)} da db dc, so a, b, c fluctuate independently.
+    Accept with min(1, J exp(-beta [E_t' + P V' - E_t - P V])) (see :func:`accept_cell`);
+    alternate these moves with NVT HMC moves (each leaves the NPT distribution invariant).
+    """
+    n = state.positions.shape[0]
+    if mode == "isotropic":
+        dlnv = jax.random.uniform(key, (), minval=-max_log_step, maxval=max_log_step)
+        scale = jnp.exp(dlnv / 3.0) * jnp.ones(3)
+    elif mode == "orthorhombic":
+        scale = jnp.exp(jax.random.uniform(key, (3,), minval=-max_log_step, maxval=max_log_step))
+    else:
+        raise ValueError(f"cell move mode must be 'isotropic' or 'orthorhombic'; got {mode!r}")
+    frac = state.positions @ jnp.linalg.inv(state.cell)
+    cell = state.cell * scale[:, None]
+    log_j = (n + 1) * jnp.sum(jnp.log(scale))
+    return frac @ cell, cell, log_j
+
+
+def accept_cell(state: ChainState, positions, cell, log_jacobian, proposed_target_energy, temperature_K, pressure_GPa, key):
+    """min(1, J exp(-beta [E_t' + P V' - E_t - P V])), P in GPa (1 eV/A^3 = 160.21766 GPa)."""
+    beta = 1.0 / (KB_EV_PER_K * temperature_K)
+    p = pressure_GPa / EV_PER_A3_IN_GPA
+    v0, v1 = jnp.abs(jnp.linalg.det(state.cell)), jnp.abs(jnp.linalg.det(cell))
+    e_new = jnp.asarray(proposed_target_energy, jnp.float64)
+    log_a = log_jacobian - beta * (e_new + p * v1 - state.target_energy - p * v0)
+    ok = (jnp.log(jax.random.uniform(key, (), jnp.float64)) < log_a) & jnp.isfinite(log_a)
+    new = state._replace(
+        positions=jnp.where(ok, positions, state.positions),
+        cell=jnp.where(ok, cell, state.cell),
+        target_energy=jnp.where(ok, e_new, state.target_energy),
+        n_accepted=state.n_accepted + ok.astype(jnp.int64),
+        n_steps=state.n_steps + 1,
+    )
+    return new, ok
