@@ -72,6 +72,25 @@ def _atoms_list(template, positions, cells):
     return out
 
 
+def _evaluate_batch(evaluate, configs, max_retries, on_failure, n_chains):
+    """Retry transient TargetEvaluationError; then raise, or return +inf energies (reject)."""
+    for attempt in range(max_retries + 1):
+        try:
+            return evaluate(configs)
+        except TargetEvaluationError:
+            if attempt == max_retries and on_failure == "raise":
+                raise
+    return np.full(n_chains, np.inf)
+
+
+def _record(history, state, ok, ml_error):
+    history["positions"].append(np.asarray(state.positions))
+    history["cells"].append(np.asarray(state.cell))
+    history["energies"].append(np.asarray(state.target_energy))
+    history["accepted"].append(np.asarray(ok))
+    history["ml_error"].append(np.asarray(ml_error))
+
+
 def _save(path, payload):
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:
@@ -83,7 +102,7 @@ def _save(path, payload):
 
 def sample(atoms, proposal, target, *, temperature_K, n_chains, n_steps, trajectory_steps, timestep_fs, seed,
            ensemble="nvt", pressure_GPa=None, checkpoint=None, on_failure="raise", max_retries=2,
-           skin_A=0.5, progress=True) -> SampleResult:
+           skin_A=0.5, progress=True, max_log_cell_step=0.05) -> SampleResult:
     """Run ``n_chains`` SLHMC chains for ``n_steps`` Metropolis steps each.
 
     Each step: one compiled call proposes for all chains (Maxwell-Boltzmann momenta, velocity
@@ -103,13 +122,19 @@ def sample(atoms, proposal, target, *, temperature_K, n_chains, n_steps, traject
         proposal: a Potential (uses ``proposal.params``).
         target: a Target, an ASE calculator, or callable(list of ase.Atoms) -> energies (eV).
         temperature_K: K. n_chains, n_steps, trajectory_steps: ints. timestep_fs: fs. seed: int.
-        ensemble: "nvt" (NPT: not implemented yet in this version).
+        ensemble: "nvt", "npt" (isotropic) or "npt_orthorhombic": NPT alternates, step by step,
+            an NVT SLHMC move and a cell move (random walk in ln V or ln a, ln b, ln c of at most
+            ``max_log_cell_step``, positions scaled at fixed fractional coordinates, accepted with
+            min(1, (V'/V)^(N+1) exp(-beta [E_t' + P V' - E_t - P V])); see ``hmc.propose_cell``).
+        pressure_GPa: GPa, for NPT.
         checkpoint: path; the full state is written atomically after every step and a run
             started with an existing checkpoint resumes from it (bit-identical to an
             uninterrupted run with the same seed).
     """
-    if ensemble != "nvt":
-        raise NotImplementedError(f"ensemble={ensemble!r}: only 'nvt' is implemented so far")
+    if ensemble not in ("nvt", "npt", "npt_orthorhombic"):
+        raise ValueError(f"ensemble must be 'nvt', 'npt' (isotropic) or 'npt_orthorhombic'; got {ensemble!r}")
+    if ensemble != "nvt" and pressure_GPa is None:
+        raise ValueError("NPT needs pressure_GPa")
     if on_failure not in ("raise", "reject"):
         raise ValueError(f"on_failure must be 'raise' or 'reject'; got {on_failure!r}")
     for name, v in (("n_chains", n_chains), ("n_steps", n_steps), ("trajectory_steps", trajectory_steps)):
@@ -152,6 +177,18 @@ def sample(atoms, proposal, target, *, temperature_K, n_chains, n_steps, traject
         return jax.vmap(one)(states)
 
     propose = jax.jit(_propose, static_argnums=1)
+    mode = "orthorhombic" if ensemble == "npt_orthorhombic" else "isotropic"
+
+    @jax.jit
+    def cell_propose(states):
+        def one(s):
+            key, k1, k2 = jax.random.split(s.key, 3)
+            xn, cn, lj = hmc.propose_cell(s._replace(key=key), k1, max_log_cell_step, mode)
+            return xn, cn, lj, key, k2
+        return jax.vmap(one)(states)
+
+    cell_accept = jax.jit(jax.vmap(
+        lambda s, x, c, lj, e, key, k2: hmc.accept_cell(s._replace(key=key), x, c, lj, e, temperature_K, pressure_GPa, k2)))
     accept = jax.jit(jax.vmap(lambda s, p, e: hmc.accept(s, p, e, temperature_K)))
 
     try:
@@ -160,27 +197,24 @@ def sample(atoms, proposal, target, *, temperature_K, n_chains, n_steps, traject
     except ImportError:  # pragma: no cover
         bar = None
     while len(history["energies"]) < n_steps:
+        if ensemble != "nvt" and len(history["energies"]) % 2 == 1:
+            xn, cn, lj, key, k2 = cell_propose(state)
+            e_new = _evaluate_batch(evaluate, _atoms_list(atoms, np.asarray(xn), np.asarray(cn)), max_retries, on_failure, n_chains)
+            state, ok = cell_accept(state, xn, cn, lj, jnp.asarray(e_new), key, k2)
+            _record(history, state, ok, np.zeros(n_chains))
+            if checkpoint is not None:
+                _save(checkpoint, {"state": tuple(np.asarray(a) for a in state), "history": history, "proposal_hash": phash})
+            if bar is not None:
+                bar.update(1)
+            continue
         prop = propose(state, layout)
         while layout is not None and bool(np.any(np.asarray(prop.overflow))):
             layout, _ = nb.reallocate(layout, np.asarray(state.positions), np.asarray(state.cell), batch=True)
             prop = propose(state, layout)  # a wrong trajectory is never used
         configs = _atoms_list(atoms, np.asarray(prop.positions), np.asarray(state.cell))
-        e_new = None
-        for attempt in range(max_retries + 1):
-            try:
-                e_new = evaluate(configs)
-                break
-            except TargetEvaluationError:
-                if attempt == max_retries and on_failure == "raise":
-                    raise
-        if e_new is None:
-            e_new = np.full(n_chains, np.inf)
+        e_new = _evaluate_batch(evaluate, configs, max_retries, on_failure, n_chains)
         state, ok = accept(state, prop, jnp.asarray(e_new))
-        history["positions"].append(np.asarray(state.positions))
-        history["cells"].append(np.asarray(state.cell))
-        history["energies"].append(np.asarray(state.target_energy))
-        history["accepted"].append(np.asarray(ok))
-        history["ml_error"].append(np.asarray(prop.ml_energy_end + prop.kinetic_end - prop.ml_energy_start - prop.kinetic_start))
+        _record(history, state, ok, np.asarray(prop.ml_energy_end + prop.kinetic_end - prop.ml_energy_start - prop.kinetic_start))
         if checkpoint is not None:
             _save(checkpoint, {"state": tuple(np.asarray(a) for a in state), "history": history, "proposal_hash": phash})
         if bar is not None:

@@ -42,3 +42,18 @@ def test_ideal_gas_volume_distribution():
     assert stats.kstest(v, stats.gamma(N + 1, scale=scale).cdf).pvalue > 0.01
     v_bad, _ = _volumes(False, seed=1)  # without the Jacobian the walk samples the wrong measure
     assert stats.kstest(v_bad, stats.gamma(N + 1, scale=scale).cdf).pvalue < 1e-6
+
+
+def test_sample_npt_ideal_gas_through_sample():
+    import ase
+
+    from slhmc_jax.models.base import FunctionPotential
+
+    kT, p = KB_EV_PER_K * T, P_GPA / hmc.EV_PER_A3_IN_GPA
+    L = ((N + 1) * kT / p) ** (1 / 3)
+    atoms = ase.Atoms("Ar" * N, scaled_positions=np.random.default_rng(0).random((N, 3)), cell=np.eye(3) * L, pbc=True)
+    res = slhmc_jax.sample(atoms, FunctionPotential(lambda x, c, z: 0.0 * jnp.sum(x)), lambda al: np.zeros(len(al)),
+                           temperature_K=T, n_chains=256, n_steps=160, trajectory_steps=1, timestep_fs=1.0, seed=0,
+                           ensemble="npt", pressure_GPa=P_GPA, max_log_cell_step=0.8, progress=False)
+    v = np.abs(np.linalg.det(res.cells[:, 40::20])).ravel()
+    assert stats.kstest(v, stats.gamma(N + 1, scale=kT / p).cdf).pvalue > 0.01
