@@ -102,7 +102,8 @@ def _save(path, payload):
 
 def sample(atoms, proposal, target, *, temperature_K, n_chains, n_steps, trajectory_steps, timestep_fs, seed,
            ensemble="nvt", pressure_GPa=None, checkpoint=None, on_failure="raise", max_retries=2,
-           skin_A=0.5, progress=True, max_log_cell_step=0.05) -> SampleResult:
+           skin_A=0.5, progress=True, max_log_cell_step=0.05,
+           warmup_steps=0, target_acceptance=0.65) -> SampleResult:
     """Run ``n_chains`` SLHMC chains for ``n_steps`` Metropolis steps each.
 
     Each step: one compiled call proposes for all chains (Maxwell-Boltzmann momenta, velocity
@@ -127,6 +128,9 @@ def sample(atoms, proposal, target, *, temperature_K, n_chains, n_steps, traject
             ``max_log_cell_step``, positions scaled at fixed fractional coordinates, accepted with
             min(1, (V'/V)^(N+1) exp(-beta [E_t' + P V' - E_t - P V])); see ``hmc.propose_cell``).
         pressure_GPa: GPa, for NPT.
+        warmup_steps: NVT steps run before production to tune ``timestep_fs`` toward
+            ``target_acceptance`` (dt *= exp(acceptance - target) per step); warm-up states are
+            not recorded and the timestep is frozen for production (tuned value in diagnostics).
         checkpoint: path; the full state is written atomically after every step and a run
             started with an existing checkpoint resumes from it (bit-identical to an
             uninterrupted run with the same seed).
@@ -169,11 +173,12 @@ def sample(atoms, proposal, target, *, temperature_K, n_chains, n_steps, traject
         e0 = evaluate([atoms.copy()])[0]
         keys = jax.random.split(jax.random.PRNGKey(seed), n_chains)
         state = jax.vmap(lambda k: hmc.init(jnp.asarray(x0), jnp.asarray(cell0), e0, k))(keys)
+        history["warmup_done"] = False
 
-    def _propose(states, layout):
+    def _propose(states, layout, dt):
         def one(s):
             nbrs = nb.build(layout, s.positions, s.cell) if layout is not None else None
-            return hmc.propose(s, proposal, params, z, masses, temperature_K, trajectory_steps, timestep_fs, layout, nbrs)
+            return hmc.propose(s, proposal, params, z, masses, temperature_K, trajectory_steps, dt, layout, nbrs)
         return jax.vmap(one)(states)
 
     propose = jax.jit(_propose, static_argnums=1)
@@ -196,6 +201,17 @@ def sample(atoms, proposal, target, *, temperature_K, n_chains, n_steps, traject
         bar = tqdm(total=n_steps, initial=len(history["energies"]), disable=not progress, desc="SLHMC")
     except ImportError:  # pragma: no cover
         bar = None
+    dt = history.get("timestep_fs", timestep_fs)
+    if warmup_steps and not history.get("warmup_done", True):
+        for _ in range(warmup_steps):
+            prop = propose(state, layout, dt)
+            e_new = _evaluate_batch(evaluate, _atoms_list(atoms, np.asarray(prop.positions), np.asarray(state.cell)),
+                                    max_retries, on_failure, n_chains)
+            state, ok = accept(state, prop, jnp.asarray(e_new))
+            dt = float(dt * np.exp(np.mean(np.asarray(ok)) - target_acceptance))
+        state = state._replace(n_accepted=jnp.zeros_like(state.n_accepted), n_steps=jnp.zeros_like(state.n_steps))
+    history["warmup_done"] = True
+    history["timestep_fs"] = dt
     while len(history["energies"]) < n_steps:
         if ensemble != "nvt" and len(history["energies"]) % 2 == 1:
             xn, cn, lj, key, k2 = cell_propose(state)
@@ -207,10 +223,10 @@ def sample(atoms, proposal, target, *, temperature_K, n_chains, n_steps, traject
             if bar is not None:
                 bar.update(1)
             continue
-        prop = propose(state, layout)
+        prop = propose(state, layout, dt)
         while layout is not None and bool(np.any(np.asarray(prop.overflow))):
             layout, _ = nb.reallocate(layout, np.asarray(state.positions), np.asarray(state.cell), batch=True)
-            prop = propose(state, layout)  # a wrong trajectory is never used
+            prop = propose(state, layout, dt)  # a wrong trajectory is never used
         configs = _atoms_list(atoms, np.asarray(prop.positions), np.asarray(state.cell))
         e_new = _evaluate_batch(evaluate, configs, max_retries, on_failure, n_chains)
         state, ok = accept(state, prop, jnp.asarray(e_new))
@@ -229,6 +245,7 @@ def sample(atoms, proposal, target, *, temperature_K, n_chains, n_steps, traject
     from slhmc_jax.observables import mcmc_diagnostics
 
     diag = mcmc_diagnostics(energies, accepted, n_target_calls=n_chains * n_steps)
+    diag["timestep_fs"] = dt
     diag["ml_energy_error_eV"] = np.stack(history["ml_error"], 1)
     from ase.calculators.singlepoint import SinglePointCalculator
 

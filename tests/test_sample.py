@@ -68,3 +68,11 @@ def test_failure_policy_raise_and_reject():
     assert res.acceptance_rate.max() == 0.0
     with pytest.raises(ValueError, match="on_failure"):
         _run(on_failure="ignore")
+
+
+def test_warmup_tunes_timestep_toward_target_acceptance():
+    bad = _run(timestep_fs=38.0, n_steps=20, n_chains=32)
+    tuned = _run(timestep_fs=38.0, n_steps=20, n_chains=32, warmup_steps=30, target_acceptance=0.7)
+    assert bad.diagnostics["acceptance"] < 0.4
+    assert tuned.diagnostics["timestep_fs"] < 38.0
+    assert abs(tuned.diagnostics["acceptance"] - 0.7) < 0.15
