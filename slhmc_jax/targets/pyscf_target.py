@@ -213,7 +213,11 @@ class PySCFTarget:
         forces = None
         if self.compute_forces:
             try:
-                g = mf.nuc_grad_method().kernel()
+                gm = mf.nuc_grad_method()
+                if hasattr(gm, "grid_response") and type(mol).__name__ != "Cell":
+                    gm.grid_response = True  # exact derivative of the (grid-dependent) energy
+                gm.verbose = 0
+                g = gm.kernel()
             except NotImplementedError as err:
                 raise ValueError(f"no analytic gradients in PySCF for {self.settings()}: {err}") from None
             forces = -np.asarray(g).reshape(-1, 3) * Hartree / Bohr
