@@ -136,6 +136,10 @@ class PySCFTarget:
         mol.basis = self.basis
         mol.charge, mol.spin = self.charge, self.spin
         mol.verbose = 0
+        n_el = int(atoms.get_atomic_numbers().sum()) - self.charge  # core electrons come in pairs
+        if (n_el - self.spin) % 2 == 1:
+            raise ValueError(f"odd electron count ({n_el}) with spin={self.spin} "
+                             f"({'restricted KS' if self.spin == 0 else 'inconsistent 2S'}): set spin")
         try:
             mol.build()
         except (KeyError, RuntimeError, ValueError) as err:
