@@ -149,20 +149,22 @@ def plane_widths(cell: jax.Array) -> jax.Array:
     return volume / jnp.linalg.norm(cross, axis=1)
 
 
-def _wrap(positions, cell, pbc):
+def _wrap(positions, full_cell, periodic):
     """Wrap positions into the cell along periodic directions.
+
+    Args:
+        full_cell: (3, 3) invertible cell (:func:`_completed_cell`).
+        periodic: (3,) bool array.
 
     Returns:
         wrapped: (n, 3) positions - W @ cell.
         fractional: (n, 3) fractional coordinates of the wrapped positions (periodic ones in [0, 1)).
         W: (n, 3) int32 lattice translation removed from each atom.
     """
-    full = _completed_cell(cell, pbc)
-    frac = jnp.linalg.solve(full.T, positions.T).T
-    periodic = jnp.asarray(pbc)
+    frac = jnp.linalg.solve(full_cell.T, positions.T).T
     W = jnp.where(periodic, jnp.floor(frac), 0.0)
     frac = frac - W
-    wrapped = positions - W @ full
+    wrapped = positions - W @ full_cell
     return wrapped, frac, W.astype(jnp.int32)
 
 
@@ -210,20 +212,51 @@ def _empty(layout: NeighbourLayout, positions, cell) -> Neighbours:
     )
 
 
-def _build_brute(layout: NeighbourLayout, positions, cell) -> Neighbours:
-    n, cap = layout.n_atoms, layout.capacity
-    r2max = layout.search_radius**2
-    wrapped, _, W = _wrap(positions, cell, layout.pbc)
-    images = _image_list(layout.n_images)
+def _image_chunks(n_images: tuple[int, int, int], n_atoms: int, min_steps: int = 1) -> np.ndarray:
+    """Lattice translations to search, as (n_steps, per_step, 4) int32 rows (S, real flag).
+
+    Rows with flag 0 pad the last step (and up to ``min_steps`` steps) and match nothing.
+    """
+    images = _image_list(n_images)
     n_img = images.shape[0]
-    per_step = max(1, min(n_img, _BRUTE_CHUNK_ELEMENTS // max(1, n * n)))
-    n_steps = -(-n_img // per_step)
-    # pad the image list with a sentinel row (flag column) that matches nothing
+    per_step = max(1, min(n_img, _BRUTE_CHUNK_ELEMENTS // max(1, n_atoms * n_atoms)))
+    n_steps = max(min_steps, -(-n_img // per_step))
     padded = np.zeros((n_steps * per_step, 4), np.int32)
     padded[:n_img, :3] = images
     padded[:n_img, 3] = 1
-    chunks = jnp.asarray(padded.reshape(n_steps, per_step, 4))
+    return padded.reshape(n_steps, per_step, 4)
+
+
+def _build_brute(layout: NeighbourLayout, positions, cell) -> Neighbours:
+    """All pairs x all lattice translations of ``layout.n_images``."""
+    full = _completed_cell(cell, layout.pbc)
+    chunks = jnp.asarray(_image_chunks(layout.n_images, layout.n_atoms))
+    out = _brute_search(
+        layout.capacity, positions, full, jnp.asarray(layout.pbc), chunks, None, layout.search_radius
+    )
+    return out._replace(reference_cell=cell)
+
+
+def _brute_search(cap: int, positions, full, periodic, chunks, n_valid, radius) -> Neighbours:
+    """Brute-force search with everything but the shapes traced (few compilations).
+
+    Args:
+        cap: pair capacity (static).
+        positions: (n, 3) Angstrom.
+        full: (3, 3) invertible cell (non-periodic rows completed), Angstrom.
+        periodic: (3,) bool.
+        chunks: (n_steps, per_step, 4) int32 translations from :func:`_image_chunks`.
+        n_valid: atoms >= n_valid are padding (never paired), or None.
+        radius: search radius, Angstrom.
+    """
+    n = positions.shape[0]
+    r2max = radius * radius
+    cell = full
+    wrapped, _, W = _wrap(positions, full, periodic)
+    per_step = chunks.shape[1]
     ii, jj = jnp.meshgrid(jnp.arange(n, dtype=jnp.int32), jnp.arange(n, dtype=jnp.int32), indexing="ij")
+    atom_ok = jnp.ones((n,), bool) if n_valid is None else jnp.arange(n) < n_valid
+    both_ok = (atom_ok[:, None] & atom_ok[None, :])[None]
     ii = jnp.broadcast_to(ii, (per_step, n, n)).reshape(-1)
     jj = jnp.broadcast_to(jj, (per_step, n, n)).reshape(-1)
     base = wrapped[None, :, :] - wrapped[:, None, :]  # (n, n, 3): x_j - x_i
@@ -237,7 +270,7 @@ def _build_brute(layout: NeighbourLayout, positions, cell) -> Neighbours:
         r2 = jnp.sum(d * d, axis=-1)  # (per_step, n, n)
         is_zero_shift = jnp.all(s == 0, axis=1)[:, None, None]
         self_pair = (ii == jj).reshape(per_step, n, n) & is_zero_shift
-        hit = (r2 < r2max) & ~self_pair & real[:, None, None]
+        hit = (r2 < r2max) & ~self_pair & real[:, None, None] & both_ok
         hit = hit.reshape(-1)
         rank = jnp.cumsum(hit, dtype=jnp.int32) - 1 + count
         slot = jnp.where(hit & (rank < cap), rank, cap)
@@ -255,9 +288,10 @@ def _build_brute(layout: NeighbourLayout, positions, cell) -> Neighbours:
         jnp.zeros((), jnp.int32),
     )
     (senders, receivers, shifts, count), _ = jax.lax.scan(step, init, chunks)
-    full = _completed_cell(cell, layout.pbc)
-    needed = jnp.ceil(layout.search_radius / plane_widths(full))
-    too_few_images = jnp.any(jnp.asarray(layout.pbc) & (needed > jnp.asarray(layout.n_images)))
+    needed = jnp.ceil(radius / plane_widths(full))
+    rows = chunks.reshape(-1, 4)
+    searched = jnp.max(jnp.where(rows[:, 3:] == 1, jnp.abs(rows[:, :3]), 0), axis=0)
+    too_few_images = jnp.any(periodic & (needed > searched))
     mask = jnp.arange(cap) < count
     return Neighbours(
         senders=senders,
@@ -285,18 +319,21 @@ def _bin_stencil(grid: tuple[int, int, int]):
     return nb_id.astype(np.int32), shift.astype(np.int32)
 
 
-def _build_cells(layout: NeighbourLayout, positions, cell) -> Neighbours:
+def _build_cells(layout: NeighbourLayout, positions, cell, n_valid=None) -> Neighbours:
+    """Cell-list search; ``n_valid`` (traced int) marks atoms >= n_valid as padding."""
     n, cap, bcap = layout.n_atoms, layout.capacity, layout.bin_capacity
     gx, gy, gz = layout.grid
     n_bins = gx * gy * gz
     r2max = layout.search_radius**2
-    wrapped, frac, W = _wrap(positions, cell, layout.pbc)
+    wrapped, frac, W = _wrap(positions, cell, jnp.asarray(layout.pbc))  # fully periodic here
     g = jnp.asarray(layout.grid)
     b3 = jnp.clip(jnp.floor(frac * g).astype(jnp.int32), 0, g - 1)
     bin_id = (b3[:, 0] * gy + b3[:, 1]) * gz + b3[:, 2]
+    atom_ok = jnp.ones((n,), bool) if n_valid is None else jnp.arange(n) < n_valid
+    bin_id = jnp.where(atom_ok, bin_id, n_bins)  # padding atoms go to a bin that is dropped
     order = jnp.argsort(bin_id, stable=True).astype(jnp.int32)
     sorted_bins = bin_id[order]
-    counts = jnp.zeros((n_bins,), jnp.int32).at[bin_id].add(1)
+    counts = jnp.zeros((n_bins,), jnp.int32).at[bin_id].add(1, mode="drop")
     starts = jnp.cumsum(counts) - counts
     rank = jnp.arange(n, dtype=jnp.int32) - starts[sorted_bins]
     table = jnp.full((n_bins, bcap), n, jnp.int32)
@@ -305,9 +342,10 @@ def _build_cells(layout: NeighbourLayout, positions, cell) -> Neighbours:
     nb_id, nb_shift = jnp.asarray(nb_id), jnp.asarray(nb_shift)
 
     # candidates of atom i: every slot of its 27 neighbouring bins
-    cand = table[nb_id[bin_id]].reshape(n, 27 * bcap)  # (n, 27*bcap)
-    s = jnp.repeat(nb_shift[bin_id], bcap, axis=1)  # (n, 27*bcap, 3)
-    valid = cand < n
+    home = jnp.minimum(bin_id, n_bins - 1)
+    cand = table[nb_id[home]].reshape(n, 27 * bcap)  # (n, 27*bcap)
+    s = jnp.repeat(nb_shift[home], bcap, axis=1)  # (n, 27*bcap, 3)
+    valid = (cand < n) & atom_ok[:, None]
     jc = jnp.minimum(cand, n - 1)
     d = wrapped[jc] - wrapped[:, None, :] + s.astype(positions.dtype) @ cell
     r2 = jnp.sum(d * d, axis=-1)
@@ -605,14 +643,34 @@ def _grown(layout, positions, cell, n_pairs, capacity_factor, batch) -> Neighbou
     return dataclasses.replace(layout, capacity=capacity, n_images=n_images)
 
 
-def neighbour_pairs(atoms, cutoff: float, *, skin: float = 0.0, method: str = "auto"):
+def _bucket(x: int) -> int:
+    """Smallest power of two >= x (limits recompilation to few shapes)."""
+    return 1 << (max(int(x), 1) - 1).bit_length()
+
+
+def _padded_build(layout: NeighbourLayout, positions, full, periodic, chunks, n_valid, radius) -> Neighbours:
+    if layout.method == "cells":
+        return _build_cells(layout, positions, full, n_valid)
+    return _brute_search(layout.capacity, positions, full, periodic, chunks, n_valid, radius)
+
+
+# only shapes (padded atom count, capacity, translation chunks) and, for the cell list, the
+# grid are static here, so structures of other sizes, periodicities and cutoffs reuse the
+# compiled search
+_padded_build_jit = jax.jit(_padded_build, static_argnums=0)
+
+
+def neighbour_pairs(atoms, cutoff: float, *, method: str = "auto"):
     """All pairs within ``cutoff`` of an ``ase.Atoms``, as ASE's ``primitive_neighbor_list('ijS')``.
 
-    Computed with this module's JAX list (not by calling ASE).
+    Computed with this module's JAX list (not by calling ASE). Atom count, pair capacity and
+    the number of searched translations are padded to a few bucket sizes so that many
+    different structures share compiled code.
 
     Args:
         atoms: ase.Atoms (positions, cell, pbc are used).
         cutoff: Angstrom.
+        method: "auto", "brute" or "cells".
 
     Returns:
         (i, j, S): int arrays of shapes (n_pairs,), (n_pairs,), (n_pairs, 3), sorted by
@@ -620,9 +678,40 @@ def neighbour_pairs(atoms, cutoff: float, *, skin: float = 0.0, method: str = "a
     """
     if cutoff is None or not np.isfinite(cutoff) or cutoff < 0:
         raise ValueError(f"cutoff must be a finite non-negative distance in Angstrom; got {cutoff}")
-    positions = atoms.get_positions()
-    cell = np.asarray(atoms.get_cell())
-    layout, nbrs = allocate(positions, cell, tuple(atoms.get_pbc()), float(cutoff), skin, method=method)
+    positions, cell, pbc = validate_geometry(atoms.get_positions(), np.asarray(atoms.get_cell()), atoms.get_pbc(), cutoff)
+    n = positions.shape[0]
+    empty = np.zeros((0,), np.int64), np.zeros((0,), np.int64), np.zeros((0, 3), np.int64)
+    if n == 0 or cutoff == 0:
+        return empty
+    full = np.asarray(_completed_cell(jnp.asarray(cell), pbc))
+    volume = abs(np.linalg.det(full)) if all(pbc) else _box_volume(positions, full, pbc, cutoff)
+    capacity = _estimate_capacity(n, volume, cutoff)
+    layout = _choose_layout(positions, cell, pbc, float(cutoff), 0.0, method, capacity, 0)
+    n_pad = _bucket(n)
+    padded = np.zeros((n_pad, 3))
+    padded[:n] = positions
+    chunks = None
+    for _ in range(3):
+        layout = dataclasses.replace(layout, n_atoms=n_pad, capacity=_bucket(layout.capacity))
+        if layout.method == "brute":
+            raw = _image_chunks(layout.n_images, n_pad)
+            chunks = _image_chunks(layout.n_images, n_pad, min_steps=_bucket(raw.shape[0]))
+            key = NeighbourLayout(n_pad, 0.0, 0.0, (True, True, True), layout.capacity, "brute")
+        else:
+            chunks = np.zeros((1, 1, 4), np.int32)
+            key = layout  # the cell-list grid depends on the cutoff anyway
+        nbrs = _padded_build_jit(
+            key, jnp.asarray(padded), jnp.asarray(full), jnp.asarray(pbc), jnp.asarray(chunks), n, float(cutoff)
+        )
+        count = int(nbrs.n_pairs)
+        if not bool(nbrs.overflow):
+            break
+        # the count is exact even on overflow; a full bin needs a larger bin capacity
+        layout = dataclasses.replace(
+            layout, capacity=max(layout.capacity, count), bin_capacity=2 * layout.bin_capacity
+        )
+    else:
+        raise RuntimeError(f"neighbour search kept overflowing: {layout}")
     mask = np.asarray(nbrs.mask)
     i = np.asarray(nbrs.senders)[mask].astype(np.int64)
     j = np.asarray(nbrs.receivers)[mask].astype(np.int64)
