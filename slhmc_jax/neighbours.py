@@ -251,7 +251,6 @@ def _brute_search(cap: int, positions, full, periodic, chunks, n_valid, radius) 
     """
     n = positions.shape[0]
     r2max = radius * radius
-    cell = full
     wrapped, _, W = _wrap(positions, full, periodic)
     per_step = chunks.shape[1]
     ii, jj = jnp.meshgrid(jnp.arange(n, dtype=jnp.int32), jnp.arange(n, dtype=jnp.int32), indexing="ij")
@@ -265,7 +264,7 @@ def _brute_search(cap: int, positions, full, periodic, chunks, n_valid, radius) 
         senders, receivers, shifts, count = carry
         s = chunk[:, :3]
         real = chunk[:, 3] == 1
-        t = s.astype(positions.dtype) @ cell  # (per_step, 3)
+        t = s.astype(positions.dtype) @ full  # (per_step, 3)
         d = base[None] + t[:, None, None, :]
         r2 = jnp.sum(d * d, axis=-1)  # (per_step, n, n)
         is_zero_shift = jnp.all(s == 0, axis=1)[:, None, None]
@@ -301,7 +300,7 @@ def _brute_search(cap: int, positions, full, periodic, chunks, n_valid, radius) 
         n_pairs=count,
         overflow=(count > cap) | too_few_images,
         reference_positions=positions,
-        reference_cell=cell,
+        reference_cell=full,
     )
 
 
@@ -690,7 +689,6 @@ def neighbour_pairs(atoms, cutoff: float, *, method: str = "auto"):
     n_pad = _bucket(n)
     padded = np.zeros((n_pad, 3))
     padded[:n] = positions
-    chunks = None
     for _ in range(3):
         layout = dataclasses.replace(layout, n_atoms=n_pad, capacity=_bucket(layout.capacity))
         if layout.method == "brute":
