@@ -1,8 +1,20 @@
-"""Velocity Verlet with ML forces as one ``lax.scan``, and Maxwell-Boltzmann momenta.
+"""Velocity Verlet with ML forces in one compiled loop, and Maxwell-Boltzmann momenta.
 
 Units: positions Angstrom, masses amu, energies eV, time in ASE units internally
 (``dt = timestep_fs * ase.units.fs``), so momenta p are amu * A / (ASE time) and the kinetic
 energy K = sum_i |p_i|^2 / (2 m_i) is in eV.
+
+Two entry points:
+
+- :func:`velocity_verlet`: one chain; the neighbour list is refreshed with
+  ``neighbours.update`` (a real branch: rebuilt only when an atom moved more than skin / 2).
+- :func:`velocity_verlet_batch`: many chains in one loop; forces are vmapped over the chain
+  axis and the list is refreshed with ``neighbours.update_batch`` (only chains that need it are
+  rebuilt, and only when at least one needs it). ``vmap(velocity_verlet)`` would turn the
+  rebuild branch into a select, i.e. rebuild every chain at every step.
+
+The number of steps may be a Python int (the loop lowers to ``lax.scan``) or a traced integer
+(a ``while`` loop), so warm-up tuning of the trajectory length does not recompile.
 """
 
 from __future__ import annotations
@@ -21,14 +33,19 @@ KB_EV_PER_K = ase.units.kB
 
 
 class Trajectory(NamedTuple):
-    """End point of one ML trajectory.
+    """End point of one ML trajectory (a leading chain axis on every leaf for the batch version).
 
     Attributes:
         positions: (n_atoms, 3) Angstrom.
         momenta: (n_atoms, 3) amu*A/ASE-time.
-        energy_start, energy_end: ML potential energy (eV) at the start and end.
-        neighbours: the neighbour list at the end (None without a cutoff).
-        overflow: True if any neighbour build overflowed (the trajectory must be re-run).
+        energy_start, energy_end: () ML potential energy at the start and end, eV.
+        neighbours: the neighbour list at the end (None without a layout).
+        overflow: () bool, True if any neighbour build overflowed: the trajectory is wrong and
+            must be re-run with a larger layout (``neighbours.reallocate``).
+        max_pairs: () int32, the largest pair count any build of the trajectory found (it can
+            exceed the capacity on overflow; the host sizes the new layout from it).
+        n_rebuilds: () int32, neighbour-list rebuilds during the trajectory (not counting the
+            list passed in).
     """
 
     positions: jax.Array
@@ -37,6 +54,8 @@ class Trajectory(NamedTuple):
     energy_end: jax.Array
     neighbours: object
     overflow: jax.Array
+    max_pairs: jax.Array
+    n_rebuilds: jax.Array
 
 
 def kinetic_energy(momenta, masses):
@@ -45,39 +64,104 @@ def kinetic_energy(momenta, masses):
 
 
 def maxwell_boltzmann(key, masses, temperature_K, dtype=jnp.float64):
-    """Momenta p_i ~ N(0, m_i k_B T) per component, shape (n_atoms, 3)."""
+    """Momenta p_i ~ N(0, m_i k_B T) per component, shape (n_atoms, 3), amu*A/ASE-time."""
     kT = KB_EV_PER_K * temperature_K
     z = jax.random.normal(key, (masses.shape[0], 3), dtype)
     return z * jnp.sqrt(masses * kT)[:, None].astype(dtype)
 
 
-def velocity_verlet(potential, params, positions, momenta, cell, atomic_numbers, masses, n_steps: int, timestep_fs,
-                    layout=None, neighbours=None) -> Trajectory:
-    """Integrate n_steps of velocity Verlet (time reversible, symplectic) in one ``lax.scan``.
+def _no_pairs():
+    return jnp.zeros((), jnp.int32)
 
-    p(t+dt/2) = p(t) + dt/2 F(x(t)); x(t+dt) = x(t) + dt p(t+dt/2)/m; p(t+dt) = p(t+dt/2) + dt/2 F(x(t+dt)).
-    With a neighbour layout the list is updated (``neighbours.update``) before every force call;
-    the overflow flag of every build is OR-ed into ``Trajectory.overflow``.
+
+def velocity_verlet(potential, params, positions, momenta, cell, atomic_numbers, masses, n_steps, timestep_fs,
+                    layout=None, neighbours=None) -> Trajectory:
+    """Integrate ``n_steps`` of velocity Verlet (time reversible, symplectic) for one chain.
+
+    p(t+dt/2) = p(t) + dt/2 F(x(t)); x(t+dt) = x(t) + dt p(t+dt/2)/m; p(t+dt) = p(t+dt/2) + dt/2 F(x(t+dt)),
+    F = -dE_ML/dx.
+
+    Args:
+        potential, params: the ML Potential and its parameters.
+        positions: (n_atoms, 3) A. momenta: (n_atoms, 3) amu*A/ASE-time. cell: (3, 3) A.
+        atomic_numbers: (n_atoms,) int. masses: (n_atoms,) amu.
+        n_steps: int or traced int. timestep_fs: fs (float or traced).
+        layout, neighbours: a neighbour layout and list for a potential with a cutoff; the list is
+            updated before every force call (rebuilt when an atom moved more than skin / 2) and
+            every build's overflow flag is OR-ed into ``Trajectory.overflow``.
     """
-    dt = timestep_fs * FS
+    dt = jnp.asarray(timestep_fs * FS, positions.dtype)
     inv_m = (1.0 / masses)[:, None].astype(positions.dtype)
 
     def forces(x, nbrs):
+        rebuilt = jnp.zeros((), jnp.int32)
         if layout is not None:
+            rebuilt = nb.needs_rebuild(layout, x, cell, nbrs).astype(jnp.int32)
             nbrs = nb.update(layout, x, cell, nbrs)
         e, f = energy_and_forces(potential, params, x, cell, atomic_numbers, nbrs)
         ovf = nbrs.overflow if nbrs is not None else jnp.zeros((), bool)
-        return e, f, nbrs, ovf
+        pairs = nbrs.n_pairs if nbrs is not None else _no_pairs()
+        return e, f.astype(positions.dtype), nbrs, ovf, pairs, rebuilt
 
-    e0, f0, nbrs0, ovf0 = forces(positions, neighbours)
+    e0, f0, nbrs0, ovf0, pairs0, _ = forces(positions, neighbours)
 
-    def step(carry, _):
-        x, p, f, e, nbrs, ovf = carry
+    def body(_, carry):
+        x, p, f, e, nbrs, ovf, pairs, n_reb = carry
         p = p + 0.5 * dt * f
         x = x + dt * p * inv_m
-        e, f, nbrs, o = forces(x, nbrs)
+        e, f, nbrs, o, n, r = forces(x, nbrs)
         p = p + 0.5 * dt * f
-        return (x, p, f, e, nbrs, ovf | o), None
+        return x, p, f, e, nbrs, ovf | o, jnp.maximum(pairs, n), n_reb + r
 
-    (x, p, _, e, nbrs, ovf), _ = jax.lax.scan(step, (positions, momenta, f0, e0, nbrs0, ovf0), None, length=n_steps)
-    return Trajectory(x, p, e0, e, nbrs, ovf)
+    carry = (positions, momenta, f0, e0, nbrs0, ovf0, pairs0, jnp.zeros((), jnp.int32))
+    x, p, _, e, nbrs, ovf, pairs, n_reb = jax.lax.fori_loop(0, n_steps, body, carry)
+    return Trajectory(x, p, e0, e, nbrs, ovf, pairs, n_reb)
+
+
+def velocity_verlet_batch(potential, params, positions, momenta, cells, atomic_numbers, masses, n_steps, timestep_fs,
+                          layout=None, neighbours=None) -> Trajectory:
+    """Velocity Verlet for many chains at once (same equations as :func:`velocity_verlet`).
+
+    Forces are vmapped over the chain axis; the neighbour lists are refreshed with
+    ``neighbours.update_batch``, which rebuilds only the chains whose atoms moved more than
+    skin / 2 (and skips the build entirely when none did). Each chain's trajectory is the same
+    function of its own start as with :func:`velocity_verlet` (a rebuild changes the pair order,
+    so results agree to rounding, not bit for bit).
+
+    Args:
+        positions: (n_chains, n_atoms, 3) A. momenta: (n_chains, n_atoms, 3). cells: (n_chains, 3, 3) A.
+        atomic_numbers: (n_atoms,) int. masses: (n_atoms,) amu (shared by all chains).
+        n_steps: int or traced int (same for every chain). timestep_fs: fs (same for every chain).
+        layout: one NeighbourLayout for all chains; neighbours: Neighbours with a leading chain axis.
+
+    Returns:
+        Trajectory with a leading chain axis on every leaf.
+    """
+    dt = jnp.asarray(timestep_fs * FS, positions.dtype)
+    inv_m = (1.0 / masses)[None, :, None].astype(positions.dtype)
+    n_chains = positions.shape[0]
+    ef = jax.vmap(lambda x, c, nbrs: energy_and_forces(potential, params, x, c, atomic_numbers, nbrs))
+
+    def forces(x, nbrs):
+        rebuilt = jnp.zeros((n_chains,), jnp.int32)
+        if layout is not None:
+            rebuilt = jax.vmap(lambda xc, c, n: nb.needs_rebuild(layout, xc, c, n))(x, cells, nbrs).astype(jnp.int32)
+            nbrs = nb.update_batch(layout, x, cells, nbrs)
+        e, f = ef(x, cells, nbrs)
+        ovf = nbrs.overflow if nbrs is not None else jnp.zeros((n_chains,), bool)
+        pairs = nbrs.n_pairs if nbrs is not None else jnp.zeros((n_chains,), jnp.int32)
+        return e, f.astype(positions.dtype), nbrs, ovf, pairs, rebuilt
+
+    e0, f0, nbrs0, ovf0, pairs0, _ = forces(positions, neighbours)
+
+    def body(_, carry):
+        x, p, f, e, nbrs, ovf, pairs, n_reb = carry
+        p = p + 0.5 * dt * f
+        x = x + dt * p * inv_m
+        e, f, nbrs, o, n, r = forces(x, nbrs)
+        p = p + 0.5 * dt * f
+        return x, p, f, e, nbrs, ovf | o, jnp.maximum(pairs, n), n_reb + r
+
+    carry = (positions, momenta, f0, e0, nbrs0, ovf0, pairs0, jnp.zeros((n_chains,), jnp.int32))
+    x, p, _, e, nbrs, ovf, pairs, n_reb = jax.lax.fori_loop(0, n_steps, body, carry)
+    return Trajectory(x, p, e0, e, nbrs, ovf, pairs, n_reb)
