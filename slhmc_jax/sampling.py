@@ -218,7 +218,7 @@ def _acceptance_from_dH(dH, beta):
 def sample(atoms, proposal, target, *, temperature_K, n_chains, n_steps, trajectory_steps, timestep_fs, seed,
            ensemble="nvt", pressure_GPa=None, checkpoint=None, on_failure="raise", max_retries=2,
            skin_A=0.5, progress=True, max_log_cell_step=0.05,
-           warmup_steps=0, target_acceptance=0.65, max_trajectory_steps=None) -> SampleResult:
+           warmup_steps=0, target_acceptance=0.65, max_trajectory_steps=None, neighbour_layout=None) -> SampleResult:
     """Run ``n_chains`` SLHMC chains for ``n_steps`` production Metropolis steps each.
 
     Each step: one compiled call proposes for all chains (Maxwell-Boltzmann momenta, velocity
@@ -234,7 +234,7 @@ def sample(atoms, proposal, target, *, temperature_K, n_chains, n_steps, traject
     converges (the stationary distribution is the target's, truncated to that region).
 
     Warm-up (``warmup_steps`` > 0): the same moves, not recorded, tuning the timestep dt and the
-    trajectory duration tau = L dt (Robbins-Monro on logs, gain g_t = t^-0.6 at the t-th HMC
+    trajectory duration tau = L dt (Robbins-Monro on logs, gain g_t = 1.5 t^-0.5 at the t-th HMC
     warm-up step, pooled over chains):
 
         ln dt  += g_t (a_ML - a_ML*),   a_ML = <min(1, exp(-beta dH_ML))>, a_ML* = (1 + a*) / 2
@@ -242,8 +242,11 @@ def sample(atoms, proposal, target, *, temperature_K, n_chains, n_steps, traject
 
     dH_ML is the energy error of the ML trajectory itself (integration error: dt controls it) and
     dH the full SLHMC error (ML-vs-target mismatch, which grows with tau). L = round(tau / dt),
-    clipped to [1, max_trajectory_steps] (default 4 * trajectory_steps); dt is capped at
-    10 * timestep_fs. Production uses the averages of ln dt and ln tau over the second half of
+    clipped to [1, max_trajectory_steps] (default 4 * trajectory_steps); tau is kept within
+    [dt, max_trajectory_steps * dt]. While tau / dt sits at a bound of that range (the mismatch
+    cannot be traded against the trajectory length any more, e.g. a proposal so good that
+    acceptance stays high for the longest trajectory), dt follows a instead:
+    ln dt += g_t (a - a*). dt is capped at 10 * timestep_fs. Production uses the averages of ln dt and ln tau over the second half of
     the warm-up, fixed for the whole production phase (a chain whose kernel changes with its
     own history is not stationary).
 
@@ -262,6 +265,8 @@ def sample(atoms, proposal, target, *, temperature_K, n_chains, n_steps, traject
             uninterrupted run with the same seed) and may extend ``n_steps``.
         skin_A: Verlet skin of the proposal's neighbour list, A.
         warmup_steps, target_acceptance, max_trajectory_steps: see above.
+        neighbour_layout: a ``neighbours.NeighbourLayout`` to start from (default: allocated from
+            ``atoms`` with ``skin_A``); it grows on overflow like the default one.
     """
     if ensemble not in ("nvt", "npt", "npt_orthorhombic"):
         raise ValueError(f"ensemble must be 'nvt', 'npt' (isotropic) or 'npt_orthorhombic'; got {ensemble!r}")
@@ -315,7 +320,9 @@ def sample(atoms, proposal, target, *, temperature_K, n_chains, n_steps, traject
         keys = jax.random.split(jax.random.PRNGKey(seed), n_chains)
         state = jax.vmap(lambda k: hmc.init(jnp.asarray(x0), jnp.asarray(cell0), e0, k))(keys)
         layout = None
-        if proposal.cutoff is not None:
+        if neighbour_layout is not None:
+            layout = neighbour_layout
+        elif proposal.cutoff is not None:
             layout, _ = nb.allocate(np.repeat(x0[None], n_chains, 0), np.repeat(cell0[None], n_chains, 0), pbc,
                                     float(proposal.cutoff), skin_A, batch=True)
         host = dict(version=_CHECKPOINT_VERSION, proposal_hash=phash, settings=settings, n_warmup=0, n_recorded=0,
@@ -397,8 +404,13 @@ def sample(atoms, proposal, target, *, temperature_K, n_chains, n_steps, traject
             a = _acceptance_from_dH(np.asarray(info.delta_H), beta)
             a_ml = _acceptance_from_dH(ml_err, beta)
             t = len(host["tuning_history"]) + 1
-            gain = t ** -0.6
-            log_dt = min(host["log_dt"] + gain * (a_ml - 0.5 * (1.0 + target_acceptance)), math.log(dt_max))
+            gain = 1.5 * t ** -0.5
+            raw_L = math.exp(host["log_tau"]) / dt
+            if 1.0 < raw_L < max_traj:
+                signal = a_ml - 0.5 * (1.0 + target_acceptance)  # dt controls the integration error
+            else:
+                signal = a - target_acceptance  # tau is pinned at a bound of L: dt takes over
+            log_dt = min(host["log_dt"] + gain * signal, math.log(dt_max))
             log_tau = host["log_tau"] + gain * (a - target_acceptance)
             # keep tau reachable with 1 <= L <= max_traj at the new dt
             log_tau = min(max(log_tau, log_dt), log_dt + math.log(max_traj))

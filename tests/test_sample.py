@@ -70,9 +70,79 @@ def test_failure_policy_raise_and_reject():
         _run(on_failure="ignore")
 
 
-def test_warmup_tunes_timestep_toward_target_acceptance():
-    bad = _run(timestep_fs=38.0, n_steps=20, n_chains=32)
-    tuned = _run(timestep_fs=38.0, n_steps=20, n_chains=32, warmup_steps=30, target_acceptance=0.7)
-    assert bad.diagnostics["acceptance"] < 0.4
-    assert tuned.diagnostics["timestep_fs"] < 38.0
-    assert abs(tuned.diagnostics["acceptance"] - 0.7) < 0.15
+X6 = np.array([[0, 0, 0], [2.0, 0, 0], [0, 2.0, 0], [0, 0, 2.0], [2.0, 2.0, 0], [2.0, 0, 2.0]])
+
+
+def _anharmonic_target(atoms_list):
+    """Six atoms of different masses in anharmonic wells: E = sum_i r_i^2 + 0.5 r_i^4 (eV, A)."""
+    out = []
+    for a in atoms_list:
+        r2 = np.sum((a.positions - X6) ** 2, axis=1)
+        out.append(float(np.sum(1.0 * r2 + 0.5 * r2**2)))
+    return out
+
+
+def test_warmup_tunes_timestep_and_length_then_freezes_them():
+    atoms = ase.Atoms("HCOTiNH", positions=X6, cell=np.eye(3) * 10.0, pbc=False)
+    wrong = FunctionPotential(lambda x, c, z: jnp.sum(1.5 * jnp.sum((x - X6) ** 2, 1) + 0.2 * jnp.sum((x - X6) ** 2, 1) ** 2))
+    res = slhmc_jax.sample(atoms, wrong, _anharmonic_target, temperature_K=T, n_chains=32, n_steps=30, trajectory_steps=10,
+                           timestep_fs=8.0, seed=1, warmup_steps=40, target_acceptance=0.7, progress=False)
+    d = res.diagnostics
+    warm = d["warmup"]
+    # both knobs moved during warm-up (the start, 8 fs x 10 steps, has ML acceptance < 0.6) ...
+    assert len(warm) == 40 and warm[0]["ml_acceptance"] < 0.6
+    assert len({w["trajectory_steps"] for w in warm}) > 3 and len({w["timestep_fs"] for w in warm}) > 3
+    assert d["timestep_fs"] != 8.0 and d["trajectory_steps"] != 10
+    # ... and production used one fixed pair of values
+    assert np.all(d["production_timestep_fs"] == d["timestep_fs"])
+    assert np.all(d["production_trajectory_steps"] == d["trajectory_steps"])
+    assert res.positions.shape[1] == 30  # warm-up states are not recorded
+    assert abs(d["acceptance"] - 0.7) < 0.1, d["acceptance"]
+    assert abs(np.mean(d["acceptance_probability"]) - 0.7) < 0.1
+
+
+def _lj_system():
+    import ase.build
+
+    from slhmc_jax.models import registry
+
+    atoms = ase.build.bulk("Ar", "fcc", a=5.26, cubic=True).repeat((2, 2, 2))
+    lj = registry.build("lennard_jones", (18,), epsilon_eV=0.0104, sigma_A=3.4, cutoff_A=5.0, onset_A=4.0)
+    sites = atoms.positions.copy()
+    target = lambda al: [0.5 * 0.3 * float(np.sum((a.positions - sites) ** 2)) for a in al]  # noqa: E731
+    return atoms, lj, target
+
+
+def test_overflow_mid_trajectory_reruns_and_gives_the_same_chain():
+    import dataclasses
+
+    import jax
+
+    from slhmc_jax import hmc
+    from slhmc_jax import neighbours as nb
+
+    atoms, lj, target = _lj_system()
+    n_chains, seed, T_hot = 4, 11, 900.0
+    xs = np.repeat(atoms.positions[None], n_chains, 0)
+    cells = np.repeat(atoms.cell.array[None], n_chains, 0)
+    big, nbrs = nb.allocate(xs, cells, True, 5.0, 0.05, batch=True, capacity_factor=3.0)
+    tight = dataclasses.replace(big, capacity=int(np.max(np.asarray(nbrs.n_pairs))))  # fits the start exactly
+    # precondition: the first proposal with the tight list overflows mid-trajectory, not at the start
+    start = jax.vmap(lambda x, c: nb.build(tight, x, c))(jnp.asarray(xs), jnp.asarray(cells))
+    assert not bool(np.any(np.asarray(start.overflow)))
+    keys = jax.random.split(jax.random.PRNGKey(seed), n_chains)
+    states = jax.vmap(lambda x, c, k: hmc.init(x, c, 0.0, k))(jnp.asarray(xs), jnp.asarray(cells), keys)
+    prop = hmc.propose_batch(states, lj, None, jnp.asarray(atoms.numbers), jnp.asarray(atoms.get_masses()), T_hot, 20, 4.0,
+                             tight, start)
+    assert bool(np.any(np.asarray(prop.overflow)))
+
+    kw = dict(temperature_K=T_hot, n_chains=n_chains, n_steps=6, trajectory_steps=20, timestep_fs=4.0, seed=seed,
+              skin_A=0.05, progress=False)
+    res_tight = slhmc_jax.sample(atoms, lj, target, neighbour_layout=tight, **kw)
+    res_big = slhmc_jax.sample(atoms, lj, target, neighbour_layout=big, **kw)
+    assert res_tight.diagnostics["neighbour_reallocations"] >= 1
+    assert res_big.diagnostics["neighbour_reallocations"] == 0
+    np.testing.assert_array_equal(res_tight.diagnostics["acceptance_probability"] > 0, res_big.diagnostics["acceptance_probability"] > 0)
+    np.testing.assert_allclose(res_tight.positions, res_big.positions, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(res_tight.target_energies, res_big.target_energies, rtol=1e-9, atol=1e-12)
+    assert 0 < res_big.acceptance_rate.mean() < 1
