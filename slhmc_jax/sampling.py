@@ -23,6 +23,7 @@ at any instant (even between the two writes) resumes bit-identically.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 import os
@@ -208,6 +209,49 @@ def _grow_layout(layout, states, prop):
     return dataclasses.replace(new, **repl)
 
 
+class _ByIdentity:
+    """A hashable handle on a Potential (jit static argument keyed by object identity)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __hash__(self):
+        return id(self.obj)
+
+    def __eq__(self, other):
+        return isinstance(other, _ByIdentity) and other.obj is self.obj
+
+
+@functools.partial(jax.jit, static_argnames=("potential", "layout"))
+def _propose_chains_jit(states, params, atomic_numbers, masses, temperature_K, n_steps, timestep_fs, *, potential, layout):
+    nbrs = None
+    if layout is not None:
+        nbrs = jax.vmap(lambda x, c: nb.build(layout, x, c))(states.positions, states.cell)
+    return hmc.propose_batch(states, potential.obj, params, atomic_numbers, masses, temperature_K, n_steps, timestep_fs,
+                             layout, nbrs)
+
+
+def propose_chains(states, potential, params, atomic_numbers, masses, temperature_K, n_steps, timestep_fs, layout=None):
+    """One compiled call: fresh neighbour lists and ML trajectories of every chain.
+
+    Compiled once per (potential object, layout, shapes): temperature, timestep and trajectory
+    length are traced, so warm-up tuning and repeated ``sample`` calls do not recompile.
+
+    Args:
+        states: ChainState with a leading chain axis. potential, params: the proposal model.
+        atomic_numbers: (n_atoms,) int. masses: (n_atoms,) amu. temperature_K: K.
+        n_steps: velocity-Verlet steps. timestep_fs: fs. layout: NeighbourLayout or None.
+
+    Returns:
+        hmc.Proposal with a leading chain axis (check ``overflow`` before using it).
+    """
+    return _propose_chains_jit(states, params, jnp.asarray(atomic_numbers), jnp.asarray(masses),
+                               jnp.asarray(temperature_K, jnp.float64), jnp.asarray(n_steps, jnp.int32),
+                               jnp.asarray(timestep_fs, jnp.float64), potential=_ByIdentity(potential), layout=layout)
+
+
 def _acceptance_from_dH(dH, beta):
     """Mean Metropolis probability min(1, exp(-beta dH)) over chains (non-finite dH counts 0)."""
     dH = np.asarray(dH, np.float64)
@@ -332,13 +376,9 @@ def sample(atoms, proposal, target, *, temperature_K, n_chains, n_steps, traject
         records = []
     state = shard_chains(state, n_chains)
 
-    def _propose(states, params, layout, dt, n_traj):
-        nbrs = None
-        if layout is not None:
-            nbrs = jax.vmap(lambda x, c: nb.build(layout, x, c))(states.positions, states.cell)
-        return hmc.propose_batch(states, proposal, params, z, masses, temperature_K, n_traj, dt, layout, nbrs)
+    def propose(states, params, layout, dt, n_traj):
+        return propose_chains(states, proposal, params, z, masses, temperature_K, n_traj, dt, layout)
 
-    propose = jax.jit(_propose, static_argnums=2)
     mode = "orthorhombic" if ensemble == "npt_orthorhombic" else "isotropic"
 
     @jax.jit
@@ -355,7 +395,7 @@ def sample(atoms, proposal, target, *, temperature_K, n_chains, n_steps, traject
 
     def hmc_move(state, dt, n_traj):
         layout = host["layout"]
-        dt_arr, n_arr = jnp.asarray(dt, jnp.float64), jnp.asarray(n_traj, jnp.int32)
+        dt_arr, n_arr = dt, n_traj
         prop = propose(state, params, layout, dt_arr, n_arr)
         tries = 0
         while layout is not None and bool(np.any(np.asarray(prop.overflow))):

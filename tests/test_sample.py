@@ -120,6 +120,7 @@ def test_overflow_mid_trajectory_reruns_and_gives_the_same_chain():
 
     from slhmc_jax import hmc
     from slhmc_jax import neighbours as nb
+    from slhmc_jax.sampling import propose_chains
 
     atoms, lj, target = _lj_system()
     n_chains, seed, T_hot = 4, 11, 900.0
@@ -132,8 +133,7 @@ def test_overflow_mid_trajectory_reruns_and_gives_the_same_chain():
     assert not bool(np.any(np.asarray(start.overflow)))
     keys = jax.random.split(jax.random.PRNGKey(seed), n_chains)
     states = jax.vmap(lambda x, c, k: hmc.init(x, c, 0.0, k))(jnp.asarray(xs), jnp.asarray(cells), keys)
-    prop = hmc.propose_batch(states, lj, None, jnp.asarray(atoms.numbers), jnp.asarray(atoms.get_masses()), T_hot, 20, 4.0,
-                             tight, start)
+    prop = propose_chains(states, lj, None, atoms.numbers, atoms.get_masses(), T_hot, 20, 4.0, tight)
     assert bool(np.any(np.asarray(prop.overflow)))
 
     kw = dict(temperature_K=T_hot, n_chains=n_chains, n_steps=6, trajectory_steps=20, timestep_fs=4.0, seed=seed,
