@@ -1,37 +1,48 @@
 """Evaluate one batch of configurations on a ``concurrent.futures.Executor``.
 
 ``DispatchedTarget(target, executor)`` is itself a Target. Each configuration is one task
-``target.evaluate_one(atoms, dm0)``; the warm-start density matrix travels with the task and the
-converged one comes back with the result, so warm starts survive process boundaries. Executors:
-a local ``ProcessPoolExecutor`` (default), or Dask (``dask_executor(address or None)`` returns a
-``distributed.Client`` executor; None starts a LocalCluster). A task lost with a dead worker is
-resubmitted (Dask also reschedules it itself), so a batch returns every result or raises.
+``target.evaluate_one(atoms, dm0)``; the warm-start state (density matrix) travels with the task
+and the converged one comes back with the result, so warm starts survive process boundaries.
+
+Executors:
+- default: a local ``ProcessPoolExecutor`` (spawned processes, so that a parent holding JAX
+  threads is never forked), owned by the DispatchedTarget;
+- Dask: ``dask_executor(address)`` returns a ``distributed.Client`` (``address=None`` starts a
+  LocalCluster of worker processes); any other ``Client`` works too.
+
+Fault tolerance: a batch returns every result or raises.
+- Local pool: a worker that dies breaks the whole ``ProcessPoolExecutor``; the pool is replaced
+  and every task without a result is resubmitted (results already received are kept).
+- Dask: the scheduler reschedules the tasks of a dead worker by itself; a task that still fails
+  with ``KilledWorker`` / a lost connection / cancellation is resubmitted under a new key.
+A ``TargetEvaluationError`` (e.g. a non-converged SCF) is never resubmitted: it is re-raised
+with ``index`` set to the position of the configuration in the batch.
+
+GPUs: the shipped target resolves its backend on the worker (``PySCFTarget(device="auto")``
+uses gpu4pyscf there when cupy/gpu4pyscf import and a CUDA device is visible).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import copy
-import os
+import multiprocessing
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Sequence
 
 import numpy as np
 
+from slhmc_jax.targets.base import TargetEvaluationError
+from slhmc_jax.targets.pyscf_target import gpu_available
 
-def gpu_available() -> bool:
-    """True when gpu4pyscf imports and a CUDA device is visible (gpu4pyscf is then used by PySCFTarget users)."""
-    try:
-        import cupy  # noqa: F401
-        import gpu4pyscf  # noqa: F401
+__all__ = ["DispatchedTarget", "dask_executor", "gpu_available"]
 
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
+_LOST_TASK_ERRORS = ("KilledWorker", "CommClosedError", "CancelledError", "FutureCancelledError")
 
 
 def _run_task(target, atoms, dm0, threads):
+    """Worker side: set the thread count, evaluate one configuration -> (TargetResult, warm state)."""
     if threads:
-        os.environ["OMP_NUM_THREADS"] = str(threads)
         try:
             from pyscf import lib
 
@@ -42,82 +53,121 @@ def _run_task(target, atoms, dm0, threads):
 
 
 def dask_executor(address: str | None = None, n_workers: int = 2, threads_per_worker: int = 1):
-    """A ``distributed.Client`` (a concurrent.futures-compatible executor via ``get_executor``)."""
+    """A ``distributed.Client`` on ``address`` (scheduler address), or on a new LocalCluster of
+    ``n_workers`` worker processes with ``threads_per_worker`` threads each when address is None."""
     from distributed import Client, LocalCluster
 
     if address is None:
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True)
-        client = Client(cluster)
-    else:
-        client = Client(address)
-    return client
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
+                               dashboard_address=None)
+        return Client(cluster)
+    return Client(address)
+
+
+def _is_dask(executor) -> bool:
+    return type(executor).__module__.startswith("distributed")
 
 
 class DispatchedTarget:
     """Target that farms out each configuration of a batch to an executor.
 
     Args:
-        target: a target with ``evaluate_one(atoms, dm0) -> (TargetResult, dm)`` (PySCFTarget, ASETarget).
-        executor: a concurrent.futures.Executor or a distributed.Client; default: ProcessPoolExecutor(max_workers).
-        threads_per_task: OMP / pyscf threads in each task.
-        max_resubmits: how many times a task lost with its worker is resubmitted.
+        target: a target with ``evaluate_one(atoms, dm0) -> (TargetResult, warm state)``
+            (PySCFTarget, ASETarget) and ``settings()``.
+        executor: a concurrent.futures.Executor or a distributed.Client; default: a
+            ProcessPoolExecutor(max_workers) owned (and restarted on a crash) by this object.
+        max_workers: size of the default pool (None: os.cpu_count()).
+        threads_per_task: OpenMP / PySCF threads in each task (None: leave the worker's default).
+        max_resubmits: how many times one task lost with its worker is resubmitted.
+
+    Attributes:
+        resubmitted: total number of tasks resubmitted after a lost worker (diagnostic).
     """
 
     def __init__(self, target, executor=None, max_workers: int | None = None, threads_per_task: int | None = 1,
                  max_resubmits: int = 3):
         self.target = copy.copy(target)
         if hasattr(self.target, "_dm"):
-            self.target._dm = {}  # state lives here, not in the shipped target
+            self.target._dm = {}  # warm-start state lives here, not in the shipped target
         self._own = executor is None
         self._max_workers = max_workers
-        self.executor = executor if executor is not None else cf.ProcessPoolExecutor(max_workers)
+        self.executor = executor if executor is not None else self._new_pool()
         self.threads_per_task = threads_per_task
         self.max_resubmits = max_resubmits
+        self.warm_start = getattr(target, "warm_start", True)
+        self.resubmitted = 0
         self._dm: dict[int, tuple[Any, Any]] = {}
+
+    def _new_pool(self):
+        return cf.ProcessPoolExecutor(self._max_workers, mp_context=multiprocessing.get_context("spawn"))
 
     def settings(self) -> dict:
         return self.target.settings()
 
     def _submit(self, atoms, dm0):
-        return self.executor.submit(_run_task, self.target, atoms, dm0, self.threads_per_task)
+        args = (_run_task, self.target, atoms, dm0, self.threads_per_task)
+        if _is_dask(self.executor):
+            return self.executor.submit(*args, pure=False)  # fresh key: a resubmission is a new task
+        return self.executor.submit(*args)
+
+    def _wait_first(self, futures):
+        if _is_dask(self.executor):
+            from distributed import wait
+
+            return wait(futures, return_when="FIRST_COMPLETED").done
+        return cf.wait(futures, return_when=cf.FIRST_COMPLETED).done
 
     def evaluate_streaming(self, atoms_list: Sequence[Any], slots: Sequence[int] | None = None):
-        """Yield (j, TargetResult) in completion order."""
+        """Yield (j, TargetResult) in completion order; slot slots[j] (default j) is the chain of j."""
         slots = list(range(len(atoms_list))) if slots is None else list(slots)
         keys = [tuple(a.get_atomic_numbers()) for a in atoms_list]
         dm0s = []
         for k, key in zip(slots, keys):
             prev = self._dm.get(k, (None, None))
-            dm0s.append(prev[1] if prev[0] == key else None)
+            dm0s.append(prev[1] if (self.warm_start and prev[0] == key) else None)
         futs = {self._submit(a, d): j for j, (a, d) in enumerate(zip(atoms_list, dm0s))}
         tries = [0] * len(atoms_list)
-        while futs:
-            done = next(iter(_as_completed(self.executor, list(futs))))
-            j = futs.pop(done)
-            try:
-                res, dm = done.result()
-            except (cf.process.BrokenProcessPool if hasattr(cf, "process") else RuntimeError) as err:
-                tries[j] += 1
-                if tries[j] > self.max_resubmits or not self._own:
-                    raise
-                self._restart_pool(futs, atoms_list, dm0s, err)
-                futs[self._submit(atoms_list[j], dm0s[j])] = j
-                continue
-            except Exception as err:
-                if type(err).__name__ in ("KilledWorker", "CommClosedError") and tries[j] < self.max_resubmits:
-                    tries[j] += 1
-                    futs[self._submit(atoms_list[j], dm0s[j])] = j
-                    continue
-                raise
-            self._dm[slots[j]] = (keys[j], dm)
-            yield j, res
 
-    def _restart_pool(self, futs, atoms_list, dm0s, err):
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        self.executor = cf.ProcessPoolExecutor(self._max_workers)
-        for f, j in list(futs.items()):
-            del futs[f]
+        def resubmit(j, err):
+            tries[j] += 1
+            if tries[j] > self.max_resubmits:
+                raise RuntimeError(f"configuration {j} lost its worker {tries[j]} times") from err
+            self.resubmitted += 1
             futs[self._submit(atoms_list[j], dm0s[j])] = j
+
+        while futs:
+            for done in self._wait_first(list(futs)):
+                if done not in futs:  # the pool was replaced while handling this round
+                    continue
+                j = futs.pop(done)
+                try:
+                    res, dm = done.result()
+                except TargetEvaluationError as err:
+                    err.index = j
+                    raise
+                except BrokenProcessPool as err:
+                    if not self._own:
+                        raise
+                    self._restart_pool(futs, resubmit, err)
+                    resubmit(j, err)
+                    continue
+                except Exception as err:
+                    if _is_dask(self.executor) and type(err).__name__ in _LOST_TASK_ERRORS:
+                        resubmit(j, err)
+                        continue
+                    raise
+                self._dm[slots[j]] = (keys[j], dm)
+                yield j, res
+
+    def _restart_pool(self, futs, resubmit, err):
+        """Replace a broken local pool; resubmit every pending task that has no result."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.executor = self._new_pool()
+        for f, j in list(futs.items()):
+            if f.done() and not f.cancelled() and f.exception() is None:
+                continue  # finished before the crash: keep its result
+            del futs[f]
+            resubmit(j, err)
 
     def evaluate(self, atoms_list: Sequence[Any]):
         out = [None] * len(atoms_list)
@@ -129,13 +179,12 @@ class DispatchedTarget:
         return np.array([r.energy_eV for r in self.evaluate(atoms_list)], dtype=np.float64)
 
     def close(self):
+        """Shut down the executor if this object created it."""
         if self._own:
             self.executor.shutdown()
 
+    def __enter__(self):
+        return self
 
-def _as_completed(executor, futures):
-    if type(executor).__name__ == "Client":
-        from distributed import as_completed
-
-        return as_completed(futures)
-    return cf.as_completed(futures)
+    def __exit__(self, *exc):
+        self.close()

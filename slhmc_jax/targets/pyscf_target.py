@@ -6,9 +6,11 @@ Warm starts: slot k of every batch is chain k. After a converged SCF the density
 slot k is kept and passed as ``dm0`` for the next configuration of the same slot (when the
 atoms/basis match), which cuts SCF cycles for the small displacements of an HMC step.
 
-Failures: a non-converged SCF goes through a retry ladder (level shift, damping, smearing
-for periodic cells, fresh minao guess). If every rung fails a ``TargetEvaluationError`` with
-the settings is raised. What the sampler must do with it: retrying the *same* configuration
+Failures: a non-converged SCF goes through a retry ladder (``PySCFTarget.LADDER``): plain,
+level shift, damping (+ late DIIS), smearing (a Fermi-smeared SCF whose density seeds an
+*unsmeared* SCF, so the energy is always the same functional of the same kind of density),
+and a fresh minao guess. If every rung fails, a ``TargetEvaluationError`` naming the
+configuration, the rungs tried and every setting (incl. max_cycle, conv_tol) is raised. What the sampler must do with it: retrying the *same* configuration
 (e.g. with other SCF settings) is unbiased, because the Metropolis decision only needs the
 energy of that configuration. Rejecting the proposal because the DFT failed is NOT unbiased
 (it silently truncates the target distribution), so the sampler must never do that silently:
@@ -60,6 +62,30 @@ def check_atoms(atoms, min_distance_A: float = MIN_DISTANCE_A) -> None:
         )
 
 
+def gpu_available() -> bool:
+    """True when gpu4pyscf and cupy import and at least one CUDA device is visible."""
+    try:
+        import cupy
+        import gpu4pyscf  # noqa: F401
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # ImportError, CUDA driver errors: no usable GPU
+        return False
+
+
+def _to_gpu(mf):
+    """The gpu4pyscf version of a PySCF mean-field object (``mf.to_gpu()``, PySCF >= 2.5)."""
+    return mf.to_gpu()
+
+
+def _to_numpy(x):
+    """cupy -> numpy (no-op for numpy arrays)."""
+    return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
+
+
+DEVICES = ("auto", "cpu", "gpu")
+
+
 class PySCFTarget:
     """PySCF Kohn-Sham DFT energies (eV) of a batch of ase.Atoms.
 
@@ -79,13 +105,17 @@ class PySCFTarget:
         compute_forces: also compute forces (eV/A).
         warm_start: reuse the last density matrix of each batch slot.
         threads: pyscf lib.num_threads per evaluation (None = leave as is).
+        device: 'auto' (gpu4pyscf when it imports and a CUDA device is visible, else CPU PySCF),
+            'cpu', or 'gpu' (error when no GPU/gpu4pyscf). Resolved where the evaluation runs
+            (a dispatch worker on a GPU node uses its GPU). Not part of ``settings()``: both
+            backends compute the same quantity.
     """
 
     def __init__(self, xc: str = "pbe", basis: str = "sto-3g", pseudo: str | None = None, kpts=None,
                  charge: int = 0, spin: int = 0, smearing: float | None = None, density_fit: bool = False,
                  conv_tol: float = 1e-9, max_cycle: int = 100, grids_level: int = 3, ke_cutoff_Ha: float = 200.0,
                  multigrid: bool = False, compute_forces: bool = False, warm_start: bool = True,
-                 threads: int | None = None):
+                 threads: int | None = None, device: str = "auto"):
         self.xc = _check_xc(xc)
         self.basis = basis
         self.pseudo = pseudo
@@ -96,7 +126,19 @@ class PySCFTarget:
         self.conv_tol, self.max_cycle, self.grids_level = conv_tol, max_cycle, grids_level
         self.ke_cutoff_Ha, self.multigrid = ke_cutoff_Ha, multigrid
         self.compute_forces, self.warm_start, self.threads = compute_forces, warm_start, threads
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}; got {device!r}")
+        self.device = device
         self._dm: dict[int, tuple[Any, Any]] = {}
+
+    def use_gpu(self) -> bool:
+        """Whether evaluations in this process run on gpu4pyscf (see ``device``)."""
+        if self.device == "cpu":
+            return False
+        ok = gpu_available()
+        if self.device == "gpu" and not ok:
+            raise ValueError("device='gpu' but gpu4pyscf/cupy or a CUDA device is not available; use device='auto' or 'cpu'")
+        return ok
 
     @classmethod
     def preset(cls, name: str, **kwargs) -> "PySCFTarget":
@@ -153,9 +195,16 @@ class PySCFTarget:
             raise ValueError(f"odd electron count ({mol.nelectron}) with spin=0 (restricted KS): set spin=1")
         return mol
 
-    def build_mf(self, mol):
-        periodic = hasattr(mol, "a") and mol.a is not None and not isinstance(mol.a, type(None))
-        if periodic and getattr(mol, "dimension", 0) > 0 and type(mol).__name__ == "Cell":
+    def build_mf(self, mol, gpu: bool = False, smearing: float | None = None):
+        """The configured (not yet run) PySCF mean-field object for mol.
+
+        Args:
+            mol: from ``build_mol``.
+            gpu: convert to gpu4pyscf (``mf.to_gpu()``).
+            smearing: Fermi smearing width in Ha overriding ``self.smearing`` (retry ladder).
+        """
+        sigma = self.smearing if smearing is None else smearing
+        if type(mol).__name__ == "Cell":
             from pyscf.pbc import dft as pdft
 
             if self.kpts is not None and np.prod(self.kpts) > 1:
@@ -163,10 +212,10 @@ class PySCFTarget:
                 mf = pdft.KRKS(mol, kpts) if self.spin == 0 else pdft.KUKS(mol, kpts)
             else:
                 mf = pdft.RKS(mol) if self.spin == 0 else pdft.UKS(mol)
-            if self.smearing:
+            if sigma:
                 from pyscf.pbc.scf.addons import smearing_
 
-                mf = smearing_(mf, sigma=self.smearing, method="fermi")
+                mf = smearing_(mf, sigma=sigma, method="fermi")
             if self.multigrid:
                 mf = mf.multigrid_numint()
         else:
@@ -176,44 +225,80 @@ class PySCFTarget:
             mf.grids.level = self.grids_level
             if self.density_fit:
                 mf = mf.density_fit()
+            if sigma:
+                from pyscf.scf.addons import smearing_
+
+                mf = smearing_(mf, sigma=sigma, method="fermi")
         mf.xc = self.xc
         mf.conv_tol = self.conv_tol
         mf.max_cycle = self.max_cycle
         mf.verbose = 0
+        if gpu:
+            mf = _to_gpu(mf)
         return mf
+
+    # retry ladder: (name, attributes set on the mean-field object, start from the warm guess?)
+    LADDER = (("plain", {}, True),
+              ("level_shift", {"level_shift": 0.3}, True),
+              ("damping", {"damp": 0.5, "diis_start_cycle": 4, "level_shift": 0.2}, True),
+              ("smearing", {"level_shift": 0.2}, True),  # smeared SCF, then unsmeared SCF from its density
+              ("fresh_guess", {"level_shift": 0.3, "damp": 0.3, "init_guess": "minao"}, False))
+    LADDER_SMEARING_HA = 0.01
 
     # ---- one evaluation (pure function of its inputs; used by dispatch) ----
     def evaluate_one(self, atoms, dm0=None) -> tuple[TargetResult, Any]:
-        """(TargetResult, converged dm) for one configuration, starting from dm0 if given."""
+        """(TargetResult, converged density matrix) for one configuration, starting from dm0 if given.
+
+        Energy in eV, forces in eV/A. ``info``: scf_cycles (SCF iterations summed over every
+        rung tried, each one Fock build + diagonalisation), wall_s, warm_start, retries, backend.
+        Raises TargetEvaluationError (with the settings and the rungs tried) when every rung of
+        the retry ladder fails; ValueError for bad input or unavailable gradients.
+        """
         if self.threads:
             from pyscf import lib
 
             lib.num_threads(self.threads)
         mol = self.build_mol(atoms)
+        gpu = self.use_gpu()
         t0 = time.perf_counter()
         cycles = [0]
 
         def cb(env):
             cycles[0] += 1
 
-        ladder = [("plain", {}), ("level_shift", {"level_shift": 0.3}), ("damping", {"damp": 0.5, "diis_start_cycle": 4}),
-                  ("fresh_guess", {"level_shift": 0.3, "damp": 0.3})]
-        tried = []
-        for rung, (name, opts) in enumerate(ladder):
-            mf = self.build_mf(mol)
+        def run(mf, start):
+            mf.callback = cb
+            if start is not None:
+                if np.shape(start) != np.shape(mf.get_init_guess()):
+                    start = None
+                elif gpu:
+                    import cupy
+
+                    start = cupy.asarray(start)
+            e = mf.kernel(dm0=start)
+            return float(e), bool(mf.converged)
+
+        tried, converged, e, mf = [], False, np.nan, None
+        for name, opts, warm in self.LADDER:
+            start = dm0 if warm else None
+            if name == "smearing":
+                pre = self.build_mf(mol, gpu, smearing=max(self.LADDER_SMEARING_HA, 2 * (self.smearing or 0)))
+                pre.level_shift = 0.2
+                run(pre, start)
+                start = pre.make_rdm1()  # a smeared density: a better guess for the unsmeared SCF
+            mf = self.build_mf(mol, gpu)
             for k, v in opts.items():
                 setattr(mf, k, v)
-            mf.callback = cb
-            start = dm0 if (dm0 is not None and name != "fresh_guess") else None
-            if start is not None and np.shape(start) != np.shape(mf.get_init_guess()):
-                start = None
-            e = mf.kernel(dm0=start)
+            e, converged = run(mf, start)
             tried.append(name)
-            if mf.converged and np.isfinite(e):
+            if converged and np.isfinite(e):
                 break
-        else:
-            raise TargetEvaluationError(f"SCF did not converge for {atoms.get_chemical_formula()} after {tried}",
-                                        settings=self.settings() | {"ladder": tried})
+        if not (converged and np.isfinite(e)):
+            settings = self.settings() | {"max_cycle": self.max_cycle, "ladder": tried,
+                                          "backend": "gpu4pyscf" if gpu else "pyscf"}
+            raise TargetEvaluationError(
+                f"SCF did not converge for {atoms.get_chemical_formula()} after the retry ladder {tried} "
+                f"(last energy {e} Ha); settings: {settings}", settings=settings)
         forces = None
         if self.compute_forces:
             try:
@@ -221,13 +306,13 @@ class PySCFTarget:
                 if hasattr(gm, "grid_response") and type(mol).__name__ != "Cell":
                     gm.grid_response = True  # exact derivative of the (grid-dependent) energy
                 gm.verbose = 0
-                g = gm.kernel()
+                g = _to_numpy(gm.kernel())
             except NotImplementedError as err:
                 raise ValueError(f"no analytic gradients in PySCF for {self.settings()}: {err}") from None
-            forces = -np.asarray(g).reshape(-1, 3) * Hartree / Bohr
+            forces = -g.reshape(-1, 3) * Hartree / Bohr
         info = {"scf_cycles": cycles[0], "wall_s": time.perf_counter() - t0, "warm_start": dm0 is not None,
-                "retries": tried[1:]}
-        return TargetResult(energy_eV=float(e) * Hartree, forces_eV_A=forces, info=info), mf.make_rdm1()
+                "retries": tried[1:], "backend": "gpu4pyscf" if gpu else "pyscf"}
+        return TargetResult(energy_eV=e * Hartree, forces_eV_A=forces, info=info), _to_numpy(mf.make_rdm1())
 
     def evaluate_streaming(self, atoms_list: Sequence[Any], slots: Sequence[int] | None = None):
         """Yield (j, TargetResult) as each configuration finishes; slot slots[j] (default j) is its chain."""
