@@ -1,4 +1,5 @@
-"""NPT cell moves: ideal gas volume distribution p(V) ∝ V^N exp(-beta P V) (Gamma(N+1, kT/P))."""
+"""NPT cell moves: ideal-gas volume distribution p(V) ∝ V^N exp(-beta P V) (Gamma(N+1, kT/P)) and
+orthorhombic cell-length marginals against numerical integrals."""
 
 import jax
 import jax.numpy as jnp
@@ -57,3 +58,82 @@ def test_sample_npt_ideal_gas_through_sample():
                            ensemble="npt", pressure_GPa=P_GPA, max_log_cell_step=0.8, progress=False)
     v = np.abs(np.linalg.det(res.cells[:, 40::20])).ravel()
     assert stats.kstest(v, stats.gamma(N + 1, scale=kT / p).cdf).pvalue > 0.01
+
+
+# ---- orthorhombic (anisotropic) cell moves: a, b, c fluctuate independently
+#
+# Target: N ideal-gas atoms in an orthorhombic cell diag(a, b, c) held by a closed-form cell energy
+# U(h) = sum_l kappa/2 (l - l0)^2 (an ideal gas alone leaves the cell shape unbounded). The NPT density
+# in (a, b, c) is (abc)^N exp(-beta [U + P abc]); the marginal of a is
+#   p(a) ∝ a^N exp(-beta kappa/2 (a - l0)^2) ∫∫ (bc)^N exp(-beta [kappa/2 ((b-l0)^2 + (c-l0)^2) + P a b c]) db dc,
+# integrated numerically on a grid (independent of the code under test).
+
+KAPPA, L0 = 0.6, 3.4  # eV/A^2, A
+
+
+def _cell_energy(lengths):
+    return 0.5 * KAPPA * np.sum((np.asarray(lengths) - L0) ** 2, axis=-1)
+
+
+def _length_marginal_cdf():
+    kT, p = KB_EV_PER_K * T, P_GPA / hmc.EV_PER_A3_IN_GPA
+    grid = np.linspace(1.5, 6.0, 450)
+    log_f = N * np.log(grid) - 0.5 * KAPPA * (grid - L0) ** 2 / kT
+    f = np.exp(log_f - log_f.max())
+    bc = grid[:, None] * grid[None, :]
+    ff = f[:, None] * f[None, :]
+    dens = f * np.array([np.sum(ff * np.exp(-p * a * bc / kT)) for a in grid])
+    cdf = np.cumsum(dens)
+    return lambda q: np.interp(q, grid, cdf / cdf[-1])
+
+
+def _ortho_lengths(use_jacobian, seed=0, n_chains=512, n_iter=400):
+    cell = jnp.eye(3) * L0
+    x = jax.random.uniform(jax.random.PRNGKey(5), (N, 3)) @ cell
+    keys = jax.random.split(jax.random.PRNGKey(seed), n_chains)
+    energy = lambda c: 0.5 * KAPPA * jnp.sum((jnp.linalg.norm(c, axis=1) - L0) ** 2)  # noqa: E731
+    states = jax.vmap(lambda k: hmc.init(x, cell, energy(cell), k))(keys)
+
+    @jax.jit
+    def step(states):
+        def one(s):
+            key, k1, k2 = jax.random.split(s.key, 3)
+            s = s._replace(key=key)
+            xn, cn, lj = hmc.propose_cell(s, k1, 0.15, "orthorhombic")
+            return hmc.accept_cell(s, xn, cn, lj if use_jacobian else 0.0, energy(cn), T, P_GPA, k2)[0]
+        return jax.vmap(one)(states)
+
+    out = []
+    for i in range(n_iter):
+        states = step(states)
+        if i >= 100 and i % 20 == 0:
+            out.append(np.linalg.norm(np.asarray(states.cell), axis=-1))
+    return np.concatenate(out)  # (n_samples, 3): a, b, c
+
+
+def test_orthorhombic_cell_lengths_follow_the_npt_marginal():
+    cdf = _length_marginal_cdf()
+    abc = _ortho_lengths(True)
+    for k in range(3):
+        assert stats.kstest(abc[:, k], cdf).pvalue > 0.01, k
+    # the three lengths move independently (an isotropic move would make them perfectly correlated)
+    assert abs(np.corrcoef(abc[:, 0], abc[:, 2])[0, 1]) < 0.5
+    bad = _ortho_lengths(False, seed=1)  # without (V'/V)^(N+1) the walk samples the wrong measure
+    assert stats.kstest(bad[:, 0], cdf).pvalue < 1e-6
+
+
+def test_sample_npt_orthorhombic_through_sample():
+    import ase
+
+    from slhmc_jax.models.base import FunctionPotential
+
+    atoms = ase.Atoms("Ar" * N, scaled_positions=np.random.default_rng(1).random((N, 3)), cell=np.eye(3) * L0, pbc=True)
+    target = lambda al: [float(_cell_energy(a.cell.lengths())) for a in al]  # noqa: E731
+    res = slhmc_jax.sample(atoms, FunctionPotential(lambda x, c, z: 0.0 * jnp.sum(x)), target,
+                           temperature_K=T, n_chains=256, n_steps=180, trajectory_steps=1, timestep_fs=1.0, seed=2,
+                           ensemble="npt_orthorhombic", pressure_GPa=P_GPA, max_log_cell_step=0.15, progress=False)
+    lengths = np.linalg.norm(res.cells[:, 80::20], axis=-1).reshape(-1, 3)  # after 40 cell moves of burn-in
+    cdf = _length_marginal_cdf()
+    for k in (0, 2):
+        assert stats.kstest(lengths[:, k], cdf).pvalue > 0.01, k
+    assert np.all(np.abs(res.cells[:, :, 0, 1:]) < 1e-12)  # stays orthorhombic
