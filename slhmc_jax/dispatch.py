@@ -104,6 +104,14 @@ class DispatchedTarget:
     def settings(self) -> dict:
         return self.target.settings()
 
+    @property
+    def compute_forces(self) -> bool:
+        return bool(getattr(self.target, "compute_forces", False))
+
+    @property
+    def compute_stress(self) -> bool:
+        return bool(getattr(self.target, "compute_stress", False))
+
     def _submit(self, atoms, dm0):
         args = (_run_task, self.target, atoms, dm0, self.threads_per_task)
         if _is_dask(self.executor):

@@ -56,10 +56,16 @@ class LabelStore:
                             stress_eV_A3=None if s is None else np.array(s), info=json.loads(row[3]))
 
     def put(self, atoms, settings: dict, result: TargetResult) -> None:
-        """Insert (ignore duplicates) and commit durably before returning."""
+        """Insert and commit durably before returning.
+
+        A key already present keeps its energy; a stored row without forces (stress) gains the
+        forces (stress) of a later result for the same key; nothing is ever deleted.
+        """
         tolist = lambda x: None if x is None else np.asarray(x).tolist()  # noqa: E731
         self._con.execute(
-            "INSERT OR IGNORE INTO labels VALUES (?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO labels VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(key) DO UPDATE SET"
+            " forces = CASE WHEN labels.forces = 'null' THEN excluded.forces ELSE labels.forces END,"
+            " stress = CASE WHEN labels.stress = 'null' THEN excluded.stress ELSE labels.stress END",
             (config_key(atoms, settings), json.dumps(atoms.get_atomic_numbers().tolist()),
              json.dumps(atoms.get_positions().tolist()), json.dumps(np.asarray(atoms.get_cell()).tolist()),
              json.dumps(atoms.get_pbc().tolist()), json.dumps(settings, sort_keys=True, default=str),
@@ -107,7 +113,17 @@ class CachedTarget:
 
     def evaluate(self, atoms_list: Sequence[Any]) -> list[TargetResult]:
         settings = self._settings()
-        results: list[TargetResult | None] = [self.store.get(a, settings) for a in atoms_list]
+        need_f = bool(getattr(self.target, "compute_forces", False))
+        need_s = bool(getattr(self.target, "compute_stress", False))
+
+        def usable(r, atoms):  # a cached result must carry what this target computes
+            return (r is not None and not (need_f and r.forces_eV_A is None)
+                    and not (need_s and r.stress_eV_A3 is None and atoms.pbc.all()))
+
+        results: list[TargetResult | None] = []
+        for a in atoms_list:
+            r = self.store.get(a, settings)
+            results.append(r if usable(r, a) else None)
         missing = [i for i, r in enumerate(results) if r is None]
         if missing:
             todo = [atoms_list[i] for i in missing]

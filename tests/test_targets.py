@@ -101,3 +101,122 @@ def test_ase_target_equals_direct_emt():
     assert r.energy_eV == pytest.approx(ref.get_potential_energy(), abs=1e-12)
     np.testing.assert_allclose(r.forces_eV_A, ref.get_forces(), atol=1e-12)
     np.testing.assert_allclose(r.stress_eV_A3, ref.get_stress(), atol=1e-12)
+
+
+def test_failing_scf_goes_through_ladder_then_names_settings():
+    from slhmc_jax.targets import TargetEvaluationError
+
+    t = PySCFTarget("pbe", basis="sto-3g", grids_level=1, conv_tol=1e-14, max_cycle=1, warm_start=False)
+    with pytest.raises(TargetEvaluationError) as info:
+        t.evaluate([_h2o()])
+    err = info.value
+    assert err.settings["ladder"] == [name for name, _, _ in PySCFTarget.LADDER]
+    assert err.settings["ladder"] == ["plain", "level_shift", "damping", "smearing", "fresh_guess"]
+    assert err.settings["max_cycle"] == 1 and err.settings["conv_tol"] == 1e-14
+    assert err.settings["xc"] == "PBE" and err.settings["basis"] == "sto-3g"
+    msg = str(err)
+    assert "did not converge" in msg and "H2O" in msg and "max_cycle': 1" in msg and "fresh_guess" in msg
+
+
+def test_ladder_rescues_a_failed_first_rung(monkeypatch):
+    """A first rung that cannot converge (max_cycle=1) is followed by the next; the energy is unchanged."""
+    from pyscf import dft, gto
+
+    ladder = (("plain", {"max_cycle": 1}, True),) + PySCFTarget.LADDER[1:]
+    monkeypatch.setattr(PySCFTarget, "LADDER", ladder)
+    t = PySCFTarget("pbe", basis="sto-3g", grids_level=1, conv_tol=1e-11, warm_start=False)
+    r = t.evaluate([_h2o()])[0]
+    assert r.info["retries"] == ["level_shift"]
+    mf = dft.RKS(gto.M(atom=H2O_DIRECT, basis="sto-3g", unit="Angstrom", verbose=0))
+    mf.xc, mf.grids.level, mf.conv_tol = "PBE", 1, 1e-11
+    assert abs(r.energy_eV / Hartree - mf.kernel()) < 1e-8
+
+
+def test_periodic_stress_matches_strain_finite_differences():
+    """PySCF analytic stress (krks_stress, FFTDF) vs central differences of E under symmetric strain.
+
+    sigma_ij = (1/V) dE/d(eps_ij), eps symmetric, atoms scaled with the cell (ASE convention).
+    """
+    cell = np.array([[2.8, 0, 0], [0.3, 2.9, 0], [0.2, -0.1, 3.0]])
+    atoms = Atoms("H2", positions=[[0.1, 0.2, 0.3], [0.85, 0.35, 0.45]], cell=cell, pbc=True)
+    kw = dict(basis="gth-szv", pseudo="gth-pbe", ke_cutoff_Ha=60.0, conv_tol=1e-11, warm_start=False)
+    s = PySCFTarget("pbe", compute_stress=True, **kw).evaluate([atoms])[0].stress_eV_A3
+    assert s.shape == (6,)
+    e_t = PySCFTarget("pbe", **kw)
+    h, vol = 1e-3, atoms.get_volume()
+    for (i, j), v in [((0, 0), 0), ((2, 2), 2), ((1, 2), 3), ((0, 1), 5)]:
+        e = []
+        for sign in (1, -1):
+            eps = np.zeros((3, 3))
+            eps[i, j] += sign * h / 2
+            eps[j, i] += sign * h / 2
+            a = atoms.copy()
+            a.set_cell(cell @ (np.eye(3) + eps), scale_atoms=True)
+            e.append(e_t([a])[0])
+        fd = (e[0] - e[1]) / (2 * h) / vol
+        assert abs(fd - s[v]) < 1e-5, (v, fd, s[v])
+    assert np.abs(s).max() > 1e-2  # a compressed cell: the comparison is not 0 == 0
+
+
+def test_stress_unavailable_is_a_clear_error():
+    with pytest.raises(ValueError, match="hybrid"):
+        PySCFTarget("hse06", compute_stress=True)
+    with pytest.raises(ValueError, match="multigrid"):
+        PySCFTarget("pbe", compute_stress=True, multigrid=True)
+    with pytest.raises(ValueError, match="smearing"):
+        PySCFTarget("pbe", compute_stress=True, smearing=0.01)
+    with pytest.raises(ValueError, match="molecule"):
+        PySCFTarget("pbe", basis="sto-3g", grids_level=1, compute_stress=True).evaluate([_h2o()])
+
+
+def test_more_bad_input_clear_errors():
+    with pytest.raises(ValueError, match="preset"):
+        PySCFTarget.preset("pbe0-typo")
+    with pytest.raises(ValueError, match="functional.*'B3LYPX'"):
+        PySCFTarget("B3LYPX")
+    # periodic: a GTH basis without the element (plain gth-szv has no Ti; gth-szv-molopt-sr has)
+    ti = Atoms("Ti", positions=[[0, 0, 0]], cell=np.eye(3) * 3.0, pbc=True)
+    with pytest.raises(ValueError, match="Ti"):
+        PySCFTarget("pbe", basis="gth-szv", ke_cutoff_Ha=40).build_mol(ti)
+    # odd electron count in a periodic cell, and spin inconsistent with the electron count
+    with pytest.raises(ValueError, match="odd electron"):
+        PySCFTarget("pbe", basis="gth-szv", ke_cutoff_Ha=40).build_mol(
+            Atoms("H", positions=[[0, 0, 0]], cell=np.eye(3) * 3.0, pbc=True))
+    with pytest.raises(ValueError, match="odd electron"):
+        PySCFTarget("pbe", spin=1).build_mol(_h2o())
+    # overlapping through a periodic image only
+    img = Atoms("H2", positions=[[0.05, 0, 0], [2.9, 0, 0]], cell=np.eye(3) * 3.0, pbc=True)
+    with pytest.raises(ValueError, match="overlap"):
+        PySCFTarget("pbe", basis="gth-szv").build_mol(img)
+    with pytest.raises(ValueError, match="device"):
+        PySCFTarget("pbe", device="tpu")
+
+
+def test_gpu4pyscf_selected_when_available(monkeypatch):
+    import importlib.util
+
+    from slhmc_jax import dispatch
+    from slhmc_jax.targets import pyscf_target
+
+    if importlib.util.find_spec("cupy") is None or importlib.util.find_spec("gpu4pyscf") is None:
+        assert pyscf_target.gpu_available() is False
+    assert dispatch.gpu_available is pyscf_target.gpu_available
+    converted = []
+
+    def fake_to_gpu(mf):  # stands in for mf.to_gpu(): records the conversion, keeps the CPU object
+        converted.append(type(mf).__name__)
+        return mf
+
+    monkeypatch.setattr(pyscf_target, "_to_gpu", fake_to_gpu)
+    monkeypatch.setattr(pyscf_target, "gpu_available", lambda: True)
+    kw = dict(basis="sto-3g", grids_level=1, conv_tol=1e-9)
+    r = PySCFTarget("pbe", **kw).evaluate([_h2o()])[0]  # device="auto" is the default
+    assert converted and r.info["backend"] == "gpu4pyscf"
+    n = len(converted)
+    r = PySCFTarget("pbe", device="cpu", **kw).evaluate([_h2o()])[0]
+    assert len(converted) == n and r.info["backend"] == "pyscf"
+    monkeypatch.setattr(pyscf_target, "gpu_available", lambda: False)
+    r = PySCFTarget("pbe", **kw).evaluate([_h2o()])[0]
+    assert len(converted) == n and r.info["backend"] == "pyscf"
+    with pytest.raises(ValueError, match="gpu4pyscf"):
+        PySCFTarget("pbe", device="gpu", **kw).evaluate([_h2o()])

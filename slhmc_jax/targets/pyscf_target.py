@@ -103,6 +103,12 @@ class PySCFTarget:
         ke_cutoff_Ha: plane-wave kinetic energy cutoff for periodic cells, Ha.
         multigrid: use multigrid numint for periodic LDA/GGA.
         compute_forces: also compute forces (eV/A).
+        compute_stress: also compute the stress of a periodic cell (eV/A^3, ASE sign and Voigt
+            order xx, yy, zz, yz, xz, xy: sigma = (1/V) dE/d(strain)), from PySCF's analytic
+            strain derivatives (``pyscf.pbc.grad.rks_stress`` / ``krks_stress``). PySCF has them
+            for LDA/GGA/meta-GGA with FFTDF and the k-point code only (a gamma-only cell then
+            runs as KRKS with the single k-point 0, same energy): hybrids, multigrid and
+            smearing are refused here with a ValueError, molecules at evaluation time.
         warm_start: reuse the last density matrix of each batch slot.
         threads: pyscf lib.num_threads per evaluation (None = leave as is).
         device: 'auto' (gpu4pyscf when it imports and a CUDA device is visible, else CPU PySCF),
@@ -115,7 +121,7 @@ class PySCFTarget:
                  charge: int = 0, spin: int = 0, smearing: float | None = None, density_fit: bool = False,
                  conv_tol: float = 1e-9, max_cycle: int = 100, grids_level: int = 3, ke_cutoff_Ha: float = 200.0,
                  multigrid: bool = False, compute_forces: bool = False, warm_start: bool = True,
-                 threads: int | None = None, device: str = "auto"):
+                 threads: int | None = None, device: str = "auto", compute_stress: bool = False):
         self.xc = _check_xc(xc)
         self.basis = basis
         self.pseudo = pseudo
@@ -126,6 +132,16 @@ class PySCFTarget:
         self.conv_tol, self.max_cycle, self.grids_level = conv_tol, max_cycle, grids_level
         self.ke_cutoff_Ha, self.multigrid = ke_cutoff_Ha, multigrid
         self.compute_forces, self.warm_start, self.threads = compute_forces, warm_start, threads
+        self.compute_stress = bool(compute_stress)
+        if self.compute_stress:
+            from pyscf.dft import libxc
+
+            why = ("a hybrid functional" if libxc.is_hybrid_xc(self.xc) else
+                   "multigrid (PySCF's stress needs FFTDF: set multigrid=False)" if multigrid else
+                   "smearing" if smearing else None)
+            if why:
+                raise ValueError(f"compute_stress=True is not available with {why} in PySCF "
+                                 f"(xc={self.xc!r}, multigrid={multigrid}, smearing={smearing})")
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}; got {device!r}")
         self.device = device
@@ -148,7 +164,11 @@ class PySCFTarget:
         return cls(xc=PRESETS[name.lower()], **kwargs)
 
     def settings(self) -> dict:
-        """All settings that determine the result (used for store keys and error reports)."""
+        """All settings that determine the result (used for store keys and error reports).
+
+        compute_forces / compute_stress are not part of it: they add quantities to a result,
+        they do not change the energy (the store checks that a cached result has them).
+        """
         return {"method": "pyscf-rks" if self.spin == 0 else "pyscf-uks", "xc": self.xc, "basis": self.basis,
                 "pseudo": self.pseudo, "kpts": self.kpts, "charge": self.charge, "spin": self.spin,
                 "smearing": self.smearing, "density_fit": self.density_fit, "conv_tol": self.conv_tol,
@@ -207,8 +227,10 @@ class PySCFTarget:
         if type(mol).__name__ == "Cell":
             from pyscf.pbc import dft as pdft
 
-            if self.kpts is not None and np.prod(self.kpts) > 1:
-                kpts = mol.make_kpts(self.kpts)
+            if (self.kpts is not None and np.prod(self.kpts) > 1) or self.compute_stress:
+                # k-point code also at the gamma point when stress is wanted: PySCF 2.14's
+                # gamma-only RKS gradients need multigrid, its stress needs FFTDF (krks_stress)
+                kpts = mol.make_kpts(self.kpts or (1, 1, 1))
                 mf = pdft.KRKS(mol, kpts) if self.spin == 0 else pdft.KUKS(mol, kpts)
             else:
                 mf = pdft.RKS(mol) if self.spin == 0 else pdft.UKS(mol)
@@ -310,9 +332,25 @@ class PySCFTarget:
             except NotImplementedError as err:
                 raise ValueError(f"no analytic gradients in PySCF for {self.settings()}: {err}") from None
             forces = -g.reshape(-1, 3) * Hartree / Bohr
+        stress = self._stress(mf, mol) if self.compute_stress else None
         info = {"scf_cycles": cycles[0], "wall_s": time.perf_counter() - t0, "warm_start": dm0 is not None,
                 "retries": tried[1:], "backend": "gpu4pyscf" if gpu else "pyscf"}
-        return TargetResult(energy_eV=e * Hartree, forces_eV_A=forces, info=info), _to_numpy(mf.make_rdm1())
+        return (TargetResult(energy_eV=e * Hartree, forces_eV_A=forces, stress_eV_A3=stress, info=info),
+                _to_numpy(mf.make_rdm1()))
+
+    def _stress(self, mf, mol) -> np.ndarray:
+        """(6,) Voigt stress in eV/A^3 (ASE convention) from PySCF's strain derivatives."""
+        if type(mol).__name__ != "Cell":
+            raise ValueError("stress requested for a molecule (no periodic cell): set compute_stress=False")
+        try:
+            gm = mf.nuc_grad_method()
+            gm.verbose = 0
+            sigma = _to_numpy(gm.get_stress())  # (1/V) dE/de_ij, Ha/Bohr^3
+        except (NotImplementedError, AttributeError, AssertionError) as err:
+            raise ValueError(f"PySCF has no stress tensor for {self.settings()}: {err!r}") from None
+        sigma = 0.5 * (sigma + sigma.T)
+        voigt = np.array([sigma[0, 0], sigma[1, 1], sigma[2, 2], sigma[1, 2], sigma[0, 2], sigma[0, 1]])
+        return voigt * Hartree / Bohr**3
 
     def evaluate_streaming(self, atoms_list: Sequence[Any], slots: Sequence[int] | None = None):
         """Yield (j, TargetResult) as each configuration finishes; slot slots[j] (default j) is its chain."""
