@@ -20,7 +20,7 @@ it either stops the chain with the error, or documents the restriction explicitl
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 from ase.units import Bohr, Hartree
@@ -84,6 +84,83 @@ def _to_numpy(x):
 
 
 DEVICES = ("auto", "cpu", "gpu")
+
+
+class WarmState(NamedTuple):
+    """Converged occupied orbitals of the last configuration of a chain (numpy, picklable).
+
+    mo_coeff: (nao, nocc) (restricted), (2, ...) unrestricted, one more leading k axis for
+    k-point meshes (lists of per-k arrays are kept as object arrays / lists). mo_occ matches.
+    """
+
+    mo_coeff: Any
+    mo_occ: Any
+
+    @classmethod
+    def from_mf(cls, mf, unrestricted: bool = False) -> "WarmState":
+        def occupied(c, o):
+            c, o = _to_numpy(c), _to_numpy(o)
+            keep = o > 1e-10
+            return c[:, keep], o[keep]
+
+        def per_k(c, o):
+            if isinstance(o, np.ndarray) and o.ndim == 1:
+                return occupied(c, o)
+            pairs = [occupied(ck, ok) for ck, ok in zip(c, o)]
+            return [p[0] for p in pairs], [p[1] for p in pairs]
+
+        if unrestricted:
+            a, b = per_k(mf.mo_coeff[0], mf.mo_occ[0]), per_k(mf.mo_coeff[1], mf.mo_occ[1])
+            return cls([a[0], b[0]], [a[1], b[1]])
+        return cls(*per_k(mf.mo_coeff, mf.mo_occ))
+
+
+def project_occupied(c_occ: np.ndarray, occ: np.ndarray, s_new: np.ndarray) -> np.ndarray:
+    """Density matrix from occupied orbitals carried to a new geometry.
+
+    The AO coefficients of the previous geometry are kept (the basis functions move with their
+    atoms) and re-orthonormalised symmetrically (Loewdin) in the new overlap S':
+    C' = C (C^H S' C)^(-1/2), D' = C' diag(occ) C'^H. Then Tr(D' S') = sum(occ) and D' is
+    idempotent in the S' metric, unlike the raw previous D.
+
+    Args:
+        c_occ: (nao, nocc) coefficients; occ: (nocc,) occupations; s_new: (nao, nao) overlap.
+    Returns:
+        (nao, nao) density matrix.
+    """
+    m = c_occ.conj().T @ s_new @ c_occ
+    w, v = np.linalg.eigh(m)
+    c_new = c_occ @ (v * w ** -0.5) @ v.conj().T
+    return (c_new * occ) @ c_new.conj().T
+
+
+def _initial_guess(start, mf, unrestricted: bool = False):
+    """dm0 for mf.kernel from None / a WarmState / a plain density matrix (None if it does not fit)."""
+    if start is None:
+        return None
+    if not isinstance(start, WarmState):
+        nao = mf.mol.nao_nr()
+        return start if np.shape(start)[-2:] == (nao, nao) else None
+    s = _to_numpy(mf.get_ovlp())
+
+    def block(c, o):
+        if not isinstance(o, list):
+            return project_occupied(np.asarray(c), np.asarray(o), s)
+        if s.ndim != 3 or len(o) != len(s):  # k-point mesh changed
+            raise ValueError
+        return np.array([project_occupied(np.asarray(ck), np.asarray(ok), sk) for ck, ok, sk in zip(c, o, s)])
+
+    try:
+        if unrestricted:
+            if len(start.mo_occ) != 2:
+                return None
+            dm = np.array([block(start.mo_coeff[0], start.mo_occ[0]), block(start.mo_coeff[1], start.mo_occ[1])])
+        else:
+            dm = block(start.mo_coeff, start.mo_occ)
+    except (ValueError, np.linalg.LinAlgError, IndexError):
+        return None
+    nao = mf.mol.nao_nr()
+    return dm if dm.shape[-2:] == (nao, nao) else None
 
 
 class PySCFTarget:
@@ -268,8 +345,12 @@ class PySCFTarget:
     LADDER_SMEARING_HA = 0.01
 
     # ---- one evaluation (pure function of its inputs; used by dispatch) ----
-    def evaluate_one(self, atoms, dm0=None) -> tuple[TargetResult, Any]:
-        """(TargetResult, converged density matrix) for one configuration, starting from dm0 if given.
+    def evaluate_one(self, atoms, dm0=None) -> tuple[TargetResult, "WarmState"]:
+        """(TargetResult, WarmState) for one configuration, warm-started from dm0 if given.
+
+        dm0: None (cold start, minao guess), the ``WarmState`` of a previous configuration with
+        the same atoms and settings (its occupied orbitals are re-orthonormalised in the new
+        overlap metric, see ``project_occupied``), or a plain density matrix (used as is).
 
         Energy in eV, forces in eV/A. ``info``: scf_cycles (SCF iterations summed over every
         rung tried, each one Fock build + diagonalisation), wall_s, warm_start, retries, backend.
@@ -290,14 +371,12 @@ class PySCFTarget:
 
         def run(mf, start):
             mf.callback = cb
-            if start is not None:
-                if np.shape(start) != np.shape(mf.get_init_guess()):
-                    start = None
-                elif gpu:
-                    import cupy
+            guess = _initial_guess(start, mf, unrestricted=self.spin != 0)
+            if guess is not None and gpu:
+                import cupy
 
-                    start = cupy.asarray(start)
-            e = mf.kernel(dm0=start)
+                guess = cupy.asarray(guess)
+            e = mf.kernel(dm0=guess)
             return float(e), bool(mf.converged)
 
         tried, converged, e, mf = [], False, np.nan, None
@@ -307,7 +386,7 @@ class PySCFTarget:
                 pre = self.build_mf(mol, gpu, smearing=max(self.LADDER_SMEARING_HA, 2 * (self.smearing or 0)))
                 pre.level_shift = 0.2
                 run(pre, start)
-                start = pre.make_rdm1()  # a smeared density: a better guess for the unsmeared SCF
+                start = _to_numpy(pre.make_rdm1())  # smeared density: a better guess for the unsmeared SCF
             mf = self.build_mf(mol, gpu)
             for k, v in opts.items():
                 setattr(mf, k, v)
@@ -336,7 +415,7 @@ class PySCFTarget:
         info = {"scf_cycles": cycles[0], "wall_s": time.perf_counter() - t0, "warm_start": dm0 is not None,
                 "retries": tried[1:], "backend": "gpu4pyscf" if gpu else "pyscf"}
         return (TargetResult(energy_eV=e * Hartree, forces_eV_A=forces, stress_eV_A3=stress, info=info),
-                _to_numpy(mf.make_rdm1()))
+                WarmState.from_mf(mf, unrestricted=self.spin != 0))
 
     def _stress(self, mf, mol) -> np.ndarray:
         """(6,) Voigt stress in eV/A^3 (ASE convention) from PySCF's strain derivatives."""
