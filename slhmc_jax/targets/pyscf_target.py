@@ -1,20 +1,31 @@
 """PySCF DFT as an SLHMC target (molecular and periodic), with per-chain warm starts.
 
-Energies in eV (``ase.units.Hartree``), forces in eV/A where PySCF has analytic gradients.
+Energies in eV (``ase.units.Hartree``), forces in eV/A where PySCF has analytic gradients,
+stress in eV/A^3 for periodic LDA/GGA/meta-GGA cells (FFTDF).
 
-Warm starts: slot k of every batch is chain k. After a converged SCF the density matrix of
-slot k is kept and passed as ``dm0`` for the next configuration of the same slot (when the
-atoms/basis match), which cuts SCF cycles for the small displacements of an HMC step.
+Warm starts: slot k of every batch is chain k. After a converged SCF the occupied orbitals of
+slot k are kept (``WarmState``) and, for the next configuration of the same slot (same atoms),
+re-orthonormalised in the new overlap matrix to give the initial density (``project_occupied``),
+which cuts SCF cycles for the small displacements of an HMC step (>= 30% on a TiO2 chain of
+0.02 A steps, see tests/test_targets.py). A geometry that does not fit falls back to minao.
+
+Backend: ``device="auto"`` runs gpu4pyscf (``mf.to_gpu()``) where cupy/gpu4pyscf import and a
+CUDA device is visible, CPU PySCF otherwise; resolved in the process that evaluates.
 
 Failures: a non-converged SCF goes through a retry ladder (``PySCFTarget.LADDER``): plain,
 level shift, damping (+ late DIIS), smearing (a Fermi-smeared SCF whose density seeds an
 *unsmeared* SCF, so the energy is always the same functional of the same kind of density),
 and a fresh minao guess. If every rung fails, a ``TargetEvaluationError`` naming the
-configuration, the rungs tried and every setting (incl. max_cycle, conv_tol) is raised. What the sampler must do with it: retrying the *same* configuration
-(e.g. with other SCF settings) is unbiased, because the Metropolis decision only needs the
-energy of that configuration. Rejecting the proposal because the DFT failed is NOT unbiased
-(it silently truncates the target distribution), so the sampler must never do that silently:
-it either stops the chain with the error, or documents the restriction explicitly.
+configuration, the rungs tried and every setting (incl. max_cycle, conv_tol) is raised.
+
+Sampler policy for a failed evaluation (implemented in ``slhmc_jax.sample``): retrying the
+*same* configuration (other SCF settings, another node) is unbiased, because the Metropolis
+decision only needs the energy of that configuration; the ladder above and the sampler's
+``max_retries`` do exactly that. Rejecting a proposal *because* its DFT failed is not unbiased
+(it truncates the target distribution to the region where the SCF converges), so it is never
+silent: ``on_failure="raise"`` (default) stops the run with the error (the checkpoint holds the
+state before the failed step), ``on_failure="reject"`` must be chosen explicitly and is
+documented as that truncation.
 """
 
 from __future__ import annotations
