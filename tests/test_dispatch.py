@@ -73,8 +73,9 @@ def test_dask_local_cluster_two_workers_survives_killed_worker(monkeypatch):
         assert sorted(out) == list(range(16))
         assert not _alive(pids[victim])
     finally:
+        cluster = client.cluster
         client.close()
-        client.cluster.close() if hasattr(client, "cluster") and client.cluster is not None else None
+        cluster.close()
     for j, a in enumerate(batch):
         assert abs(out[j].energy_eV / Hartree - _direct_energy_Ha(a)) < 1e-8, j
 
