@@ -70,7 +70,7 @@ class Calculator(_AseCalculator):
         skin: neighbour-list skin, A (reused across MD steps while atoms move < skin/2).
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
 
     def __init__(self, potential: Potential, params=None, skin: float = 0.5, **kwargs):
         super().__init__(**kwargs)
@@ -83,6 +83,9 @@ class Calculator(_AseCalculator):
             lambda params, x, c, z, nb: properties(potential, params, x, c, z, nb, compute_stress=True)
         )
         self._update = jax.jit(nl.update, static_argnums=0)
+        self._node_fn = None
+        if hasattr(potential, "node_energies"):
+            self._node_fn = jax.jit(lambda params, x, c, z, nb: potential.node_energies(params, x, c, z, nb))
 
     def _neighbours(self, positions, cell, pbc):
         if self.potential.cutoff is None:
@@ -111,6 +114,12 @@ class Calculator(_AseCalculator):
         self.results["energy"] = energy
         self.results["free_energy"] = energy
         self.results["forces"] = np.asarray(out.forces, dtype=np.float64)
+        if "energies" in properties:
+            if self._node_fn is None:
+                raise ValueError(f"{type(self.potential).__name__} has no per-atom energies (node_energies)")
+            self.results["energies"] = np.asarray(
+                self._node_fn(self.params, jnp.asarray(positions), jnp.asarray(cell), jnp.asarray(z), nbrs), dtype=np.float64
+            )
         if all(pbc):
             s = np.asarray(out.stress, dtype=np.float64)
             self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])

@@ -124,12 +124,13 @@ def wigner_3j(l1: int, l2: int, l3: int) -> np.ndarray:
 # generalised coupling coefficients of the symmetric contraction (MACE eq. 10)
 
 
-def _coupling_basis(coupling: tuple[tuple[int, int], ...], nu: int, filter_mid):
+def _coupling_basis(coupling: tuple[tuple[int, int], ...], nu: int, filter_mid, final=None):
     """All couplings of ``nu`` copies of the coupling irreps (each of multiplicity 1).
 
     Returns a list of (ir_out, tensor (2l_out+1, D, ..., D)), D = sum of dims, sorted stably by ir_out;
     built recursively by coupling the (nu-1)-fold products with one more factor through
-    sqrt(2l_out+1) * W3j(l_out, l_left, l_right) (component normalisation).
+    sqrt(2l_out+1) * W3j(l_out, l_left, l_right) (component normalisation). With ``final`` only the
+    couplings to that irrep are formed at the last level (same order as filtering afterwards).
     """
     D = sum(2 * l + 1 for l, _ in coupling)
     if nu == 1:
@@ -147,6 +148,8 @@ def _coupling_basis(coupling: tuple[tuple[int, int], ...], nu: int, filter_mid):
             d = 2 * ir[0] + 1
             for ir_out in product(ir_left, ir):
                 if filter_mid is not None and ir_out not in filter_mid:
+                    continue
+                if final is not None and ir_out != final:
                     continue
                 c = wigner_3j(ir_out[0], ir_left[0], ir[0]) * np.sqrt(2 * ir_out[0] + 1)
                 c = np.einsum("jk,ijl->ikl", c_left.reshape(c_left.shape[0], -1), c)
@@ -167,7 +170,7 @@ def coupling_tensor(coupling: tuple[tuple[int, int], ...], ir_out: tuple[int, in
     """
     filter_mid = [(i, 1 if i % 2 == 0 else -1) for i in range(12)] if nu == 4 else None
     D = sum(2 * l + 1 for l, _ in coupling)
-    basis = [c for ir, c in _coupling_basis(coupling, nu, filter_mid) if ir == tuple(ir_out)]
+    basis = [c for ir, c in _coupling_basis(coupling, nu, filter_mid, final=tuple(ir_out)) if ir == tuple(ir_out)]
     if basis:
         u = np.stack(basis, axis=-1)
     else:

@@ -246,10 +246,11 @@ def init_params(h: MACEHyperparameters, key, dtype=jnp.float64) -> PyTree:
     """Random parameters with mace-torch's initialisation (unit normals; product weights N(0,1)/K)."""
     n_species = len(h.atomic_numbers)
     channels = ir.count(ir.parse(h.hidden_irreps), (0, 1))
-    keys = iter(jax.random.split(key, 4096))
+    # NumPy draws seeded from the key: one compiled jax.random call per weight shape costs seconds
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).astype(np.uint32).ravel().tolist())
 
     def normal(shape, scale=1.0):
-        return (jax.random.normal(next(keys), shape, jnp.float64) * scale).astype(dtype)
+        return jnp.asarray(rng.standard_normal(shape) * scale, dtype)
 
     params: dict[str, Any] = {
         "node_embedding": normal((n_species, channels)),

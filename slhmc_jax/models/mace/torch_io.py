@@ -95,14 +95,14 @@ def hyperparameters_from_torch(module) -> MACEHyperparameters:
         raise ValueError("mace-torch model uses features slhmc_jax does not implement: " + ", ".join(problems))
     gate = cfg.get("gate")
     gate_name = getattr(gate, "__name__", str(gate))
-    if gate_name != "silu":
+    if gate_name != "silu" and len(module.interactions) > 1:  # one interaction: no non-linear readout
         raise ValueError(f"readout gate {gate_name!r} is not supported (only silu)")
     energies = np.asarray(cfg["atomic_energies"], np.float64)
     if energies.ndim == 2:
         energies = energies[0] if energies.shape[0] == 1 else energies[:, 0]
-    corr = cfg["correlation"]
-    corr = tuple(int(c) for c in corr) if isinstance(corr, (list, tuple)) else int(corr)
-    if isinstance(corr, tuple) and len(set(corr)) == 1:
+    # per-interaction correlation orders, read from the modules (the config may report only the first)
+    corr = tuple(int(p.symmetric_contractions.contractions[0].correlation) for p in module.products)
+    if len(set(corr)) == 1:
         corr = corr[0]
     cst = float(module.interactions[0].conv_tp_weights[0].act.cst)
     scale = np.ravel(module.scale_shift.scale.detach().cpu().numpy())
