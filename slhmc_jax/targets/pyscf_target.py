@@ -197,7 +197,7 @@ class PySCFTarget:
             for LDA/GGA/meta-GGA with FFTDF and the k-point code only (a gamma-only cell then
             runs as KRKS with the single k-point 0, same energy): hybrids, multigrid and
             smearing are refused here with a ValueError, molecules at evaluation time.
-        warm_start: reuse the last density matrix of each batch slot.
+        warm_start: start each batch slot from the orbitals of its previous configuration.
         threads: pyscf lib.num_threads per evaluation (None = leave as is).
         device: 'auto' (gpu4pyscf when it imports and a CUDA device is visible, else CPU PySCF),
             'cpu', or 'gpu' (error when no GPU/gpu4pyscf). Resolved where the evaluation runs
