@@ -206,3 +206,20 @@ def test_mace_torch_default_keys_match_export():
     assert mace_keys.DefaultKeys.ENERGY.value == "REF_energy"
     assert mace_keys.DefaultKeys.FORCES.value == "REF_forces"
     assert mace_keys.DefaultKeys.STRESS.value == "REF_stress"
+
+
+def test_cached_result_without_forces_is_recomputed_when_forces_are_asked(tmp_path):
+    CountingPySCF.calls = 0
+    store = LabelStore(tmp_path / "s.sqlite")
+    batch = _h2o_batch(2, seed=4)
+    e_only = cached(CountingPySCF("pbe", **SETTINGS), store)
+    e_only(batch)
+    assert CountingPySCF.calls == 2
+    with_f = cached(CountingPySCF("pbe", compute_forces=True, **SETTINGS), store)
+    r = with_f.evaluate(batch)  # the stored rows carry no forces: both are evaluated again
+    assert CountingPySCF.calls == 4 and all(x.forces_eV_A is not None for x in r)
+    r2 = with_f.evaluate(batch)  # now the rows have gained forces
+    assert CountingPySCF.calls == 4
+    for a, b in zip(r, r2):
+        np.testing.assert_array_equal(a.forces_eV_A, b.forces_eV_A)
+    assert len(store) == 2  # append-only: same keys, no duplicate rows
