@@ -146,3 +146,13 @@ def test_overflow_mid_trajectory_reruns_and_gives_the_same_chain():
     np.testing.assert_allclose(res_tight.positions, res_big.positions, rtol=0, atol=1e-9)
     np.testing.assert_allclose(res_tight.target_energies, res_big.target_energies, rtol=1e-9, atol=1e-12)
     assert 0 < res_big.acceptance_rate.mean() < 1
+
+
+def test_proposal_step_compiles_once_across_dt_L_and_runs():
+    from slhmc_jax import sampling
+
+    _run(n_steps=2, n_chains=4)
+    before = sampling._propose_chains_jit._cache_size()
+    _run(n_steps=2, n_chains=4, timestep_fs=3.0, trajectory_steps=7, seed=1)  # other dt, L, seed: same program
+    _run(n_steps=4, n_chains=4, warmup_steps=4)  # warm-up changes dt and L every step
+    assert sampling._propose_chains_jit._cache_size() == before

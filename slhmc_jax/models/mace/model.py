@@ -243,13 +243,18 @@ def plan(h: MACEHyperparameters) -> tuple[LayerPlan, ...]:
 
 
 def init_params(h: MACEHyperparameters, key, dtype=jnp.float64) -> PyTree:
-    """Random parameters with mace-torch's initialisation (unit normals; product weights N(0,1)/K)."""
+    """Random parameters with mace-torch's initialisation (unit normals; product weights N(0,1)/K).
+
+    ``key=None`` gives zeros of the right shapes (a template for loading).
+    """
     n_species = len(h.atomic_numbers)
     channels = ir.count(ir.parse(h.hidden_irreps), (0, 1))
     # NumPy draws seeded from the key: one compiled jax.random call per weight shape costs seconds
-    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).astype(np.uint32).ravel().tolist())
+    rng = None if key is None else np.random.default_rng(np.asarray(jax.random.key_data(key)).astype(np.uint32).ravel().tolist())
 
     def normal(shape, scale=1.0):
+        if rng is None:
+            return jnp.zeros(shape, dtype)
         return jnp.asarray(rng.standard_normal(shape) * scale, dtype)
 
     params: dict[str, Any] = {

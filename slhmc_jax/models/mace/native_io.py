@@ -56,7 +56,7 @@ def load_native(path) -> MACEPotential:
         leaves = {k[2:]: data[k] for k in data.files if k.startswith("p/")}
     from slhmc_jax.models.mace.model import init_params
 
-    template = jax.eval_shape(lambda: init_params(h, jax.random.PRNGKey(0), jnp.float64))
+    template = init_params(h, None, jnp.float64)
     flat, treedef = jax.tree_util.tree_flatten_with_path(template)
     values = []
     for path_, _ in flat:
