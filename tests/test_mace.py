@@ -180,6 +180,20 @@ def test_parity_with_mace_torch(models, hps, structure):
     assert_parity(potential, atoms, *torch_results(tm, atoms), label=f"{hps}/{structure}")
 
 
+def test_receiver_major_edges_give_the_same_model(models):
+    """The batched-matmul message sum (max_neighbours) equals the flat scatter path; too few slots give NaN."""
+    from slhmc_jax import neighbours as nl
+
+    _, potential = models("mp0_medium")
+    atoms = anatase_strained()
+    _, nbrs = nl.allocate(atoms.positions, np.asarray(atoms.cell), (True,) * 3, potential.cutoff, 0.0)
+    k = mace.max_edges_per_atom(nbrs, atoms.positions, np.asarray(atoms.cell), potential.cutoff)
+    e, f, s = testing.evaluate(potential, atoms)
+    e_d, f_d, s_d = testing.evaluate(potential.with_max_neighbours(k), atoms)
+    assert abs(e - e_d) < 1e-10 and np.max(np.abs(f - f_d)) < 1e-10 and np.max(np.abs(s - s_d)) < 1e-12
+    assert np.isnan(testing.evaluate(potential.with_max_neighbours(k - 1), atoms)[0])
+
+
 def test_from_torch_reads_the_mace_torch_architecture(models):
     tm, potential = models("mp0_small")
     h = potential.hyperparameters
@@ -391,6 +405,12 @@ def test_nve_energy_conservation_with_real_weights(real_models):
     potential = real_models("mace_swa.model")
     atoms = rocksalt_gst64()
     assert len(atoms) == 64
+    # receiver-major edge slots (the fast path; an overflow would give NaN and fail the check)
+    from slhmc_jax import neighbours as nl
+
+    _, nbrs = nl.allocate(atoms.positions, np.asarray(atoms.cell), (True,) * 3, potential.cutoff, 1.0)
+    k = mace.max_edges_per_atom(nbrs, atoms.positions, np.asarray(atoms.cell), potential.cutoff)
+    potential = potential.with_max_neighbours(int(1.5 * k))
     testing.assert_nve_conserves_energy(
         potential, atoms, timestep_fs=1.0, n_steps=1000, temperature_K=300.0, max_drift_eV_per_atom=1e-5, skin=1.0
     )

@@ -235,3 +235,69 @@ def symmetric_contraction(coupling, irreps_out, correlations, weights, x, specie
             acc = term if acc is None else acc + term
         out.append(acc)
     return out
+
+
+# ----------------------------------------------------------------------------------------
+# receiver-major ("dense") edge layout: messages summed by batched matrix products
+
+
+class DenseEdges(NamedTuple):
+    """Edges regrouped per receiver into ``max_neighbours`` slots.
+
+    slot_edge: (n, K) int32 index into the flat edge arrays (E for empty slots).
+    slot_mask: (n, K) bool.
+    senders: (n, K) int32 sender of each slot (0 for empty slots).
+    overflow: () bool, True if some atom has more than K edges (the result is then invalid).
+    """
+
+    slot_edge: jax.Array
+    slot_mask: jax.Array
+    senders: jax.Array
+    overflow: jax.Array
+
+
+def dense_edges(senders, receivers, edge_mask, n_nodes: int, max_neighbours: int) -> DenseEdges:
+    """Group the flat edge list by receiver (integer work only, no gradients flow through it)."""
+    n_edges = senders.shape[0]
+    key = jnp.where(edge_mask, receivers, n_nodes)
+    order = jnp.argsort(key, stable=True)
+    sorted_key = key[order]
+    counts = jax.ops.segment_sum(edge_mask.astype(jnp.int32), jnp.where(edge_mask, receivers, 0), num_segments=n_nodes)
+    starts = jnp.cumsum(counts) - counts
+    rank = jnp.arange(n_edges, dtype=jnp.int32) - jnp.take(starts, jnp.minimum(sorted_key, n_nodes - 1))
+    row = jnp.where(sorted_key < n_nodes, sorted_key, n_nodes)  # invalid edges go out of bounds (dropped)
+    slot_edge = jnp.full((n_nodes, max_neighbours), n_edges, jnp.int32)
+    slot_edge = slot_edge.at[row, rank].set(order.astype(jnp.int32), mode="drop")
+    slot_mask = slot_edge < n_edges
+    slot_senders = jnp.where(slot_mask, jnp.take(senders, jnp.minimum(slot_edge, n_edges - 1)), 0)
+    return DenseEdges(slot_edge, slot_mask, slot_senders, jnp.max(counts) > max_neighbours)
+
+
+def conv_messages_dense(plan: ConvPlan, node_chunks, sh_chunks, edge_weights, dense: DenseEdges):
+    """Same result as :func:`conv_messages` with edges in receiver-major slots.
+
+    The sum over a receiver's edges is a batched matrix product, so the per-edge message tensor
+    (E, mul, 2l+1) is never written to memory:
+
+        m[n, u, k] = sqrt(2 l3 + 1) sum_{a, b} W3j[a, b, k] sum_K w[n, K, u] h[s_nK, u, a] Y[n, K, b]
+
+    Args:
+        sh_chunks: per degree (n, K, 2l+1), zero in empty slots.
+        edge_weights: (n, K, weight_numel), zero in empty slots.
+    """
+    dtype = node_chunks[0].dtype
+    gathered = [jnp.take(c, dense.senders, axis=0) for c in node_chunks]  # (n, K, mul, d)
+    out = []
+    offset = 0
+    for i, j, k in plan.instructions:
+        a, b, c = plan.irreps_node[i], plan.irreps_sh[j], plan.irreps_mid[k]
+        w = edge_weights[:, :, offset:offset + a.mul]
+        offset += a.mul
+        cg = jnp.asarray(ir.wigner_3j(a.l, b.l, c.l) * np.sqrt(2 * c.l + 1), dtype)
+        if a.l == 0:
+            t = jnp.einsum("nku,nkb->nub", gathered[i][..., 0] * w, sh_chunks[j])
+            out.append(jnp.einsum("nub,bk->nuk", t, cg[0]))
+        else:
+            t = jnp.einsum("nkua,nkb->nuab", gathered[i] * w[..., None], sh_chunks[j])
+            out.append(jnp.einsum("nuab,abk->nuk", t, cg))
+    return out
