@@ -79,13 +79,29 @@ class Calculator(_AseCalculator):
         self.skin = float(skin)
         self._layout = None
         self._nbrs = None
+        self._update = jax.jit(nl.update, static_argnums=0)
+        # models with receiver-major edge slots (MACE): sized here from the structure and grown
+        # whenever an atom gains more neighbours, so the fast path never truncates
+        self._auto_slots = hasattr(potential, "with_max_neighbours") and getattr(potential, "max_neighbours", 0) is None
+        self._slots = None
+        self._compile(potential)
+
+    def _compile(self, potential):
+        self._evaluated = potential
         self._fn = jax.jit(
             lambda params, x, c, z, nb: properties(potential, params, x, c, z, nb, compute_stress=True)
         )
-        self._update = jax.jit(nl.update, static_argnums=0)
         self._node_fn = None
         if hasattr(potential, "node_energies"):
             self._node_fn = jax.jit(lambda params, x, c, z, nb: potential.node_energies(params, x, c, z, nb))
+
+    def _size_slots(self, positions, cell, nbrs):
+        from slhmc_jax.models.mace.model import max_edges_per_atom
+
+        k = max_edges_per_atom(nbrs, positions, cell, self.potential.cutoff)
+        if self._slots is None or k > self._slots:
+            self._slots = int(np.ceil(1.25 * max(k, 1))) + 2
+            self._compile(self.potential.with_max_neighbours(self._slots))
 
     def _neighbours(self, positions, cell, pbc):
         if self.potential.cutoff is None:
@@ -107,6 +123,8 @@ class Calculator(_AseCalculator):
         positions, cell, _ = nl.validate_geometry(atoms.get_positions(), np.asarray(atoms.get_cell()), pbc)
         z = self.potential_numbers(atoms)
         nbrs = self._neighbours(positions, cell, pbc)
+        if self._auto_slots and nbrs is not None:
+            self._size_slots(positions, cell, nbrs)
         out = self._fn(self.params, jnp.asarray(positions), jnp.asarray(cell), jnp.asarray(z), nbrs)
         energy = float(out.energy)
         if not np.isfinite(energy):
