@@ -153,10 +153,7 @@ HYPERPARAMETER_SETS = {
         radial_MLP=(8, 8, 8), avg_num_neighbors=9.0),
 }
 
-PARITY_CASES = [(h, s) for h in ("mp0_small", "mp0_medium") for s in STRUCTURES] + [
-    ("nonresidual_L2_3layers", "rutile"), ("nonresidual_L2_3layers", "small_cell"),
-    ("parity_odd_corr4_1layer", "anatase_strained"), ("parity_odd_corr4_1layer", "water_box"),
-]
+PARITY_CASES = [(h, s) for h in HYPERPARAMETER_SETS for s in STRUCTURES]
 
 
 @pytest.fixture(scope="module")
