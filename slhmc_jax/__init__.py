@@ -4,6 +4,14 @@ from slhmc_jax import _jax_config  # noqa: F401  (enables float64 before any arr
 
 __version__ = "0.1.0"
 
-from slhmc_jax.sampling import SampleResult, sample  # noqa: E402
-
 __all__ = ["__version__", "sample", "SampleResult"]
+
+
+def __getattr__(name):
+    # The sampler pulls in the whole JAX core; DFT worker processes that only need
+    # slhmc_jax.targets / store must not pay for it, so it is imported on first use.
+    if name in ("sample", "SampleResult"):
+        from slhmc_jax import sampling
+
+        return getattr(sampling, name)
+    raise AttributeError(f"module 'slhmc_jax' has no attribute {name!r}")
