@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
+
+from _timing import best_of  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 import mace  # noqa: F401  (before e3nn)
 import jax
@@ -31,14 +32,6 @@ from slhmc_jax.structures import rutile
 SIZES = {72: (2, 2, 3), 216: (3, 3, 4), 576: (4, 4, 6)}
 
 
-def best_of(fn, repeats: int) -> float:
-    fn()  # warm-up / compilation
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def torch_callable(model, atoms, dtype):

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+
+from _timing import best_of  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 import jax
 import jax.numpy as jnp
@@ -22,14 +23,6 @@ from slhmc_jax.structures import rutile
 SIZES = {72: (2, 2, 3), 576: (4, 4, 6), 4608: (8, 8, 12)}
 
 
-def best_of(fn, repeats):
-    fn()  # warm-up (compilation)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main(argv=None):
