@@ -37,6 +37,7 @@ def _parse():
     ap.add_argument("--trajectory-steps", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--no-torchsim", action="store_true")
+    ap.add_argument("--flat-edges", action="store_true", help="MACE with the flat scatter message sum instead of edge slots")
     ap.add_argument("--model", choices=("mace", "nequip"), default="mace",
                     help="nequip: a stand-in JAX model (TorchSim then runs a random MACE of other weights)")
     return ap.parse_args()
@@ -95,7 +96,13 @@ def main():
     cell = jnp.asarray(atoms.cell.array, jnp.float32)
     z = np.asarray(atoms.numbers)
     masses = np.asarray(atoms.get_masses())
-    layout, _ = nb.allocate(np.asarray(atoms.positions), np.asarray(atoms.cell.array), True, float(pot.cutoff), 0.5)
+    layout, nbrs0 = nb.allocate(np.asarray(atoms.positions), np.asarray(atoms.cell.array), True, float(pot.cutoff), 0.5)
+    if a.model == "mace" and not a.flat_edges:
+        # receiver-major edge slots (batched-matmul message sums) with a 50% margin over the start;
+        # an overflow would turn energies into NaN, which the run below reports
+        k = mace.max_edges_per_atom(nbrs0, atoms.positions, np.asarray(atoms.cell.array), pot.cutoff)
+        pot = pot.with_max_neighbours(int(1.5 * k))
+        model_name += f", {pot.max_neighbours} edge slots per atom"
     print(f"# {model_name}, {len(atoms)}-atom rutile, float32, {n_traj} VV steps of {timestep_fs} fs, "
           f"{len(jax.devices())} device(s) [{jax.devices()[0].platform}], layout {layout.method} capacity {layout.capacity}",
           flush=True)
@@ -107,6 +114,8 @@ def main():
     def run(states):
         prop = propose_chains(states, pot, pot.params, z, masses, temperature_K, n_traj, timestep_fs, layout)
         jax.block_until_ready(prop.positions)
+        if not bool(jnp.all(jnp.isfinite(prop.positions))):
+            print("# WARNING: non-finite trajectory (edge-slot overflow?); timings below are not valid", flush=True)
         return prop
 
     ts_run = None
