@@ -103,19 +103,7 @@ def velocity_verlet(potential, params, positions, momenta, cell, atomic_numbers,
         pairs = nbrs.n_pairs if nbrs is not None else _no_pairs()
         return e, f.astype(positions.dtype), nbrs, ovf, pairs, rebuilt
 
-    e0, f0, nbrs0, ovf0, pairs0, _ = forces(positions, neighbours)
-
-    def body(_, carry):
-        x, p, f, e, nbrs, ovf, pairs, n_reb = carry
-        p = p + 0.5 * dt * f
-        x = x + dt * p * inv_m
-        e, f, nbrs, o, n, r = forces(x, nbrs)
-        p = p + 0.5 * dt * f
-        return x, p, f, e, nbrs, ovf | o, jnp.maximum(pairs, n), n_reb + r
-
-    carry = (positions, momenta, f0, e0, nbrs0, ovf0, pairs0, jnp.zeros((), jnp.int32))
-    x, p, _, e, nbrs, ovf, pairs, n_reb = jax.lax.fori_loop(0, n_steps, body, carry)
-    return Trajectory(x, p, e0, e, nbrs, ovf, pairs, n_reb)
+    return _verlet_loop(forces, positions, momenta, neighbours, inv_m, dt, n_steps, ())
 
 
 def velocity_verlet_batch(potential, params, positions, momenta, cells, atomic_numbers, masses, n_steps, timestep_fs,
@@ -152,6 +140,15 @@ def velocity_verlet_batch(potential, params, positions, momenta, cells, atomic_n
         pairs = nbrs.n_pairs if nbrs is not None else jnp.zeros((n_chains,), jnp.int32)
         return e, f.astype(positions.dtype), nbrs, ovf, pairs, rebuilt
 
+    return _verlet_loop(forces, positions, momenta, neighbours, inv_m, dt, n_steps, (n_chains,))
+
+
+def _verlet_loop(forces, positions, momenta, neighbours, inv_m, dt, n_steps, counter_shape) -> Trajectory:
+    """The velocity-Verlet recursion shared by the single- and many-chain integrators.
+
+    p <- p + dt/2 F(x);  x <- x + dt p / m;  p <- p + dt/2 F(x), as one ``fori_loop`` over
+    ``n_steps``. ``forces(x, nbrs) -> (E, F, nbrs, overflow, n_pairs, rebuilt)``.
+    """
     e0, f0, nbrs0, ovf0, pairs0, _ = forces(positions, neighbours)
 
     def body(_, carry):
@@ -162,6 +159,6 @@ def velocity_verlet_batch(potential, params, positions, momenta, cells, atomic_n
         p = p + 0.5 * dt * f
         return x, p, f, e, nbrs, ovf | o, jnp.maximum(pairs, n), n_reb + r
 
-    carry = (positions, momenta, f0, e0, nbrs0, ovf0, pairs0, jnp.zeros((n_chains,), jnp.int32))
+    carry = (positions, momenta, f0, e0, nbrs0, ovf0, pairs0, jnp.zeros(counter_shape, jnp.int32))
     x, p, _, e, nbrs, ovf, pairs, n_reb = jax.lax.fori_loop(0, n_steps, body, carry)
     return Trajectory(x, p, e0, e, nbrs, ovf, pairs, n_reb)
