@@ -55,7 +55,7 @@ def linear_plan(irreps_in, irreps_out) -> LinearPlan:
         (i, o) for i, a in enumerate(irreps_in) for o, b in enumerate(irreps_out) if a.ir == b.ir
     )
     fan_in = {o: sum(irreps_in[i].mul for i, oo in instructions if oo == o) for _, o in instructions}
-    alphas = tuple(1.0 / np.sqrt(fan_in[o]) if fan_in[o] > 0 else 1.0 for _, o in instructions)
+    alphas = tuple(float(1.0 / np.sqrt(fan_in[o])) if fan_in[o] > 0 else 1.0 for _, o in instructions)
     return LinearPlan(irreps_in, irreps_out, instructions, alphas)
 
 
@@ -89,7 +89,7 @@ def species_linear(irreps_in, irreps_out, weights: Sequence[jax.Array], chunks, 
     out: list = [None] * len(irreps_out)
     for (i, o), w in zip(pairs, weights):
         w_node = jnp.take(w.astype(dtype), species, axis=1)  # (mul_in, n, mul_out)
-        y = jnp.einsum("num,unw->nwm", chunks[i], w_node) / np.sqrt(fan_in[o])
+        y = jnp.einsum("num,unw->nwm", chunks[i], w_node) / float(np.sqrt(fan_in[o]))
         out[o] = y if out[o] is None else out[o] + y
     for o, m in enumerate(irreps_out):
         if out[o] is None:
@@ -111,7 +111,7 @@ def species_linear_shapes(irreps_in, irreps_out, n_species: int) -> list[tuple[i
 def bessel_basis(r, r_max: float, num_basis: int):
     """(E, num_basis): sqrt(2 / r_max) sin(n pi r / r_max) / r, n = 1..num_basis (r in A)."""
     n = jnp.arange(1, num_basis + 1, dtype=r.dtype)
-    return np.sqrt(2.0 / r_max) * jnp.sin(n * (np.pi / r_max) * r[:, None]) / r[:, None]
+    return float(np.sqrt(2.0 / r_max)) * jnp.sin(n * float(np.pi / r_max) * r[:, None]) / r[:, None]
 
 
 def polynomial_cutoff(r, r_max: float, p: int):
@@ -125,7 +125,7 @@ def polynomial_cutoff(r, r_max: float, p: int):
 def radial_mlp(weights: Sequence[jax.Array], x, constant: float = SILU_NORMALIZATION):
     """e3nn ``FullyConnectedNet``: h <- silu_n(h W / sqrt(fan_in)) for hidden layers, last layer linear."""
     for k, w in enumerate(weights):
-        x = x @ (w.astype(x.dtype) / np.sqrt(w.shape[0]))
+        x = x @ (w.astype(x.dtype) / float(np.sqrt(w.shape[0])))
         if k < len(weights) - 1:
             x = normalized_silu(x, constant)
     return x

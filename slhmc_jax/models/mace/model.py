@@ -350,7 +350,7 @@ def node_energies(h: MACEHyperparameters, params, species, senders, receivers, e
     if dense is not None:
         sh = [jnp.where(edge_mask[:, None], y, 0.0).reshape(n, -1, y.shape[-1]) for y in sh]
 
-    emb = jnp.take(params["node_embedding"].astype(dtype), species, axis=0) / np.sqrt(n_species)
+    emb = jnp.take(params["node_embedding"].astype(dtype), species, axis=0) / float(np.sqrt(n_species))
     feats = [emb[:, :, None]]
     node_energy = jnp.zeros((n,), dtype)
     for layer, p_int, p_prod, p_read in zip(plan(h), params["interactions"], params["products"], params["readouts"]):
