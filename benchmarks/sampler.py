@@ -73,7 +73,7 @@ def main():
 
     from slhmc_jax import hmc
     from slhmc_jax import neighbours as nb
-    from slhmc_jax.sampling import propose_chains, shard_chains
+    from slhmc_jax.sampling import default_chain_batch_size, default_edge_slots, propose_chains, shard_chains
     from slhmc_jax.structures import rutile
 
     atoms = rutile(repeat=(2, 2, 3))
@@ -96,15 +96,15 @@ def main():
     cell = jnp.asarray(atoms.cell.array, jnp.float32)
     z = np.asarray(atoms.numbers)
     masses = np.asarray(atoms.get_masses())
-    layout, nbrs0 = nb.allocate(np.asarray(atoms.positions), np.asarray(atoms.cell.array), True, float(pot.cutoff), 0.5)
+    layout, _ = nb.allocate(np.asarray(atoms.positions), np.asarray(atoms.cell.array), True, float(pot.cutoff), 0.5)
     if a.model == "mace" and not a.flat_edges:
-        # receiver-major edge slots (batched-matmul message sums) with a 50% margin over the start;
-        # an overflow would turn energies into NaN, which the run below reports
-        k = mace.max_edges_per_atom(nbrs0, atoms.positions, np.asarray(atoms.cell.array), pot.cutoff)
-        pot = pot.with_max_neighbours(int(1.5 * k))
+        # receiver-major edge slots (batched-matmul message sums), sized as slhmc_jax.sample sizes
+        # them; an overflow would turn energies into NaN, which the run below reports
+        pot = pot.with_max_neighbours(default_edge_slots(pot, layout, np.asarray(atoms.positions), np.asarray(atoms.cell.array)))
         model_name += f", {pot.max_neighbours} edge slots per atom"
     print(f"# {model_name}, {len(atoms)}-atom rutile, float32, {n_traj} VV steps of {timestep_fs} fs, "
-          f"{len(jax.devices())} device(s) [{jax.devices()[0].platform}], layout {layout.method} capacity {layout.capacity}",
+          f"{len(jax.devices())} device(s) [{jax.devices()[0].platform}], layout {layout.method} capacity {layout.capacity}, "
+          f"chains per vmapped force group {[default_chain_batch_size(n) or n for n in counts]}",
           flush=True)
 
     def states_for(n, seed=0):
@@ -168,6 +168,7 @@ def main():
             "ratio_vs_sequential": ours / seq,
             "ratio_vs_torchsim": ours / theirs if theirs else None,
             "sharded": len(jax.devices()) > 1 and n % len(jax.devices()) == 0,
+            "chain_batch_size": default_chain_batch_size(n) or n,
         }
         ts_txt = f"{theirs:9.2f}" if theirs else f"{'n/a':>9}"
         rt_txt = f"{ours / theirs:17.2f}" if theirs else f"{'n/a':>17}"

@@ -106,16 +106,17 @@ def propose(state: ChainState, potential, params, atomic_numbers, masses, temper
 
 
 def propose_batch(states: ChainState, potential, params, atomic_numbers, masses, temperature_K, n_steps, timestep_fs,
-                  layout=None, neighbours=None) -> Proposal:
+                  layout=None, neighbours=None, chain_batch_size=None) -> Proposal:
     """:func:`propose` for all chains at once (leading chain axis on ``states`` and ``neighbours``).
 
     Same random draws as ``vmap(propose)``; the trajectories run in one loop with
     ``neighbours.update_batch`` (see the module docstring). Pure and jit-able.
+    ``chain_batch_size``: see :func:`slhmc_jax.integrators.map_chains`.
     """
     keys = jax.vmap(lambda k: jax.random.split(k, 3))(states.key)
     p0 = jax.vmap(lambda k: maxwell_boltzmann(k, masses, temperature_K, states.positions.dtype))(keys[:, 1])
     traj = velocity_verlet_batch(potential, params, states.positions, p0, states.cell, atomic_numbers, masses, n_steps,
-                                 timestep_fs, layout, neighbours)
+                                 timestep_fs, layout, neighbours, chain_batch_size)
     ke = jax.vmap(lambda p: kinetic_energy(p, masses))
     return Proposal(traj.positions, ke(p0), ke(traj.momenta), traj.energy_start, traj.energy_end, traj.overflow,
                     traj.max_pairs, traj.n_rebuilds, keys[:, 0])

@@ -202,6 +202,31 @@ def test_from_torch_reads_the_mace_torch_architecture(models):
     assert n_jax == n_torch
 
 
+@pytest.mark.parametrize("hps", ["mp0_small", "parity_odd_corr4_1layer",  # the pure-JAX reference compiles slowly:
+                                 pytest.param("nonresidual_L2_3layers", marks=pytest.mark.slow),  # ~60 s each
+                                 pytest.param("mp0_medium", marks=pytest.mark.slow)])
+def test_cuequivariance_backend_matches_mace_torch_and_e3nn_path(models, hps):
+    """The cuequivariance segmented polynomials (fused edge TP, species-indexed contraction) are the
+    same function: parity with mace-torch at the usual tolerances, and with the e3nn-jax path to rounding.
+    On a CPU cuequivariance runs its pure-JAX reference; on a GPU the CUDA kernels (benchmarks/model.py)."""
+    pytest.importorskip("cuequivariance_jax", reason="cuequivariance-jax is part of the test extra")
+    tm, potential = models(hps)
+    cue_potential = potential.with_backend("cuequivariance")
+    for make in (rutile, small_cell):
+        atoms = make()
+        assert_parity(cue_potential, atoms, *torch_results(tm, atoms), label=f"{hps}/{make.__name__} (cuequivariance)")
+        e, f, s = testing.evaluate(potential.with_backend("e3nn"), atoms)
+        e_c, f_c, s_c = testing.evaluate(cue_potential, atoms)
+        assert abs(e - e_c) < 1e-10 and np.max(np.abs(f - f_c)) < 1e-10 and np.max(np.abs(s - s_c)) < 1e-12
+
+
+def test_backend_names_are_checked(models):
+    _, potential = models("parity_odd_corr4_1layer")
+    with pytest.raises(ValueError, match="backend"):
+        potential.with_backend("cuda")
+    assert potential.backend == "auto" and potential.with_backend("e3nn").backend == "e3nn"
+
+
 # ----------------------------------------------------------------------------------------
 # real trained weights (reference values computed with mace-torch, ../shared/data)
 
@@ -342,6 +367,24 @@ def test_float32_agrees_with_float64():
     assert np.max(np.abs(f32 - f64)) < 1e-3 * max(1.0, np.max(np.abs(f64)))
 
 
+def test_float32_model_computes_in_float32():
+    """No float64 tensor in the compiled float32 energy+forces (a NumPy scalar constant would
+    silently promote whole layers to float64 under jax_enable_x64 and cost ~1.5x on a CPU)."""
+    import re
+
+    from slhmc_jax import neighbours as nl
+    from slhmc_jax.calculator import energy_and_forces
+
+    potential = mace.build(mace.mp0_hyperparameters("medium", atomic_numbers=(8, 22)), dtype=jnp.float32)
+    atoms = rutile()
+    _, nbrs = nl.allocate(atoms.positions, np.asarray(atoms.cell), (True,) * 3, potential.cutoff, 0.0)
+    z = jnp.asarray(atoms.numbers)
+    for pot in (potential, potential.with_max_neighbours(200)):
+        hlo = jax.jit(lambda p, x, c, nb: energy_and_forces(pot, p, x, c, z, nb)).lower(
+            pot.params, jnp.asarray(atoms.positions, jnp.float32), jnp.asarray(atoms.cell.array, jnp.float32), nbrs).as_text()
+        assert not re.findall(r"tensor<(?:\d+x)+f64>", hlo)
+
+
 def test_vmap_over_configurations_equals_single_evaluations():
     from slhmc_jax import neighbours as nl
     from slhmc_jax.calculator import energy_and_forces
@@ -411,3 +454,22 @@ def test_nve_energy_conservation_with_real_weights(real_models):
     testing.assert_nve_conserves_energy(
         potential, atoms, timestep_fs=1.0, n_steps=1000, temperature_K=300.0, max_drift_eV_per_atom=1e-5, skin=1.0
     )
+
+
+def test_other_product_basis_is_refused(models):
+    """A module whose stored U matrices are mace-torch's reduced (cuequivariance) CG basis holds
+    weights that mean something else in ours: from_torch names the problem instead of loading a
+    different function. (mace-torch stores the basis a model was built with as buffers.)"""
+    import copy
+
+    pytest.importorskip("cuequivariance")
+    from mace.tools.cg import U_matrix_real
+
+    tm, _ = models("mp0_small")
+    tm = copy.deepcopy(tm)
+    contraction = tm.products[0].symmetric_contractions.contractions[0]
+    reduced = U_matrix_real("0e+1o+2e+3o", "0e", 3, use_cueq_cg=True, dtype=torch.float64)[-1]
+    assert reduced.shape != contraction.U_matrix_3.shape  # really another basis
+    contraction.U_matrix_3 = reduced
+    with pytest.raises(ValueError, match="U_matrix_3"):
+        mace.from_torch(tm)

@@ -156,3 +156,35 @@ def test_proposal_step_compiles_once_across_dt_L_and_runs():
     _run(n_steps=2, n_chains=4, timestep_fs=3.0, trajectory_steps=7, seed=1)  # other dt, L, seed: same program
     _run(n_steps=4, n_chains=4, warmup_steps=4)  # warm-up changes dt and L every step
     assert sampling._propose_chains_jit._cache_size() == before
+
+
+def test_mace_edge_slot_overflow_reruns_and_gives_the_same_chain():
+    """A MACE proposal whose receiver-major edge slots fit the start exactly: a hot trajectory
+    brings second neighbours inside r_max, the model turns NaN, and sample() re-runs the same
+    trajectories with more slots: the chain equals one with ample slots (and slots are auto-sized)."""
+    import ase.build
+    import jax
+
+    from slhmc_jax.models import mace
+
+    atoms = ase.build.bulk("Ar", "fcc", a=5.26, cubic=True).repeat((2, 2, 2))  # 12 neighbours at 3.72 A, 6 at 5.26 A
+    h = mace.MACEHyperparameters(atomic_numbers=(18,), atomic_energies_eV=(0.0,), r_max=5.0, num_bessel=4, max_ell=1,
+                                 num_interactions=1, hidden_irreps="4x0e", MLP_irreps="4x0e", correlation=2,
+                                 radial_MLP=(8,), avg_num_neighbors=12.0, atomic_inter_scale=0.05)
+    proposal = mace.build(h, key=jax.random.PRNGKey(1))
+    from slhmc_jax.calculator import Calculator
+
+    calc = Calculator(proposal.with_max_neighbours(None))  # the target: the same model on the flat edge list
+
+    def target(atoms_list):
+        return [calc.get_potential_energy(a) for a in atoms_list]
+    kw = dict(temperature_K=900.0, n_chains=4, n_steps=6, trajectory_steps=20, timestep_fs=4.0, seed=3, progress=False)
+    auto = slhmc_jax.sample(atoms, proposal, target, n_steps=1, **{k: v for k, v in kw.items() if k != "n_steps"})
+    assert auto.diagnostics["edge_slots"] >= int(np.ceil(1.25 * 12)) + 2
+    tight = slhmc_jax.sample(atoms, proposal.with_max_neighbours(12), target, **kw)
+    ample = slhmc_jax.sample(atoms, proposal.with_max_neighbours(40), target, **kw)
+    assert tight.diagnostics["edge_slot_regrowths"] >= 1 and tight.diagnostics["edge_slots"] > 12
+    assert ample.diagnostics["edge_slot_regrowths"] == 0
+    assert np.all(np.isfinite(tight.positions)) and ample.acceptance_rate.mean() > 0.5
+    np.testing.assert_array_equal(tight.diagnostics["acceptance_probability"] > 0, ample.diagnostics["acceptance_probability"] > 0)
+    np.testing.assert_allclose(tight.positions, ample.positions, rtol=0, atol=1e-9)

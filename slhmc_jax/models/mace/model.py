@@ -320,12 +320,34 @@ def _spherical_harmonics(vectors, max_ell: int) -> list[jax.Array]:
     return out
 
 
-def node_energies(h: MACEHyperparameters, params, species, senders, receivers, edge_vectors, edge_mask, max_neighbours=None):
+BACKENDS = ("auto", "e3nn", "cuequivariance")
+
+
+def resolve_backend(backend: str) -> str:
+    """"auto" -> "cuequivariance" where its CUDA kernels run (GPU), "e3nn" otherwise."""
+    from slhmc_jax.models.mace import cue_ops
+
+    if backend not in BACKENDS:
+        raise ValueError(f"MACE backend must be one of {BACKENDS}; got {backend!r}")
+    if backend == "auto":
+        return "cuequivariance" if cue_ops.cuda_kernels_available() else "e3nn"
+    if backend == "cuequivariance" and not cue_ops.available():
+        raise ImportError("MACE backend 'cuequivariance' needs `pip install cuequivariance-jax`")
+    return backend
+
+
+def node_energies(h: MACEHyperparameters, params, species, senders, receivers, edge_vectors, edge_mask, max_neighbours=None,
+                  backend: str = "e3nn"):
     """(n,) per-atom energies in eV (E0 included), in the dtype of ``edge_vectors``.
 
     With ``max_neighbours`` (K) the edges are regrouped per receiver into K slots and messages are
     summed by batched matrix products (several times faster on CPU, same result); if an atom has
     more than K edges the energies are NaN (callers check :func:`max_edges_per_atom` first).
+
+    ``backend="cuequivariance"`` evaluates the edge tensor product (gather, product and
+    scatter-sum fused) and the symmetric contraction with cuequivariance's segmented polynomials
+    (:mod:`slhmc_jax.models.mace.cue_ops`; CUDA kernels on a GPU), on the flat edge list (slots
+    are not used); ``"auto"`` picks it where its CUDA kernels run. Same function, same weights.
 
     Args:
         species: (n,) int32 index into ``h.atomic_numbers``.
@@ -336,8 +358,11 @@ def node_energies(h: MACEHyperparameters, params, species, senders, receivers, e
     dtype = edge_vectors.dtype
     n = species.shape[0]
     n_species = len(h.atomic_numbers)
+    use_cue = resolve_backend(backend) == "cuequivariance"
+    if use_cue:
+        from slhmc_jax.models.mace import cue_ops
     dense = None
-    if max_neighbours is not None:
+    if max_neighbours is not None and not use_cue:
         dense = blocks.dense_edges(senders, receivers, edge_mask, n, int(max_neighbours))
         pad = jnp.concatenate([edge_vectors, jnp.full((1, 3), 2.0 * h.r_max, dtype)], axis=0)
         edge_vectors = jnp.take(pad, dense.slot_edge, axis=0).reshape(-1, 3)  # (n*K, 3)
@@ -359,7 +384,9 @@ def node_energies(h: MACEHyperparameters, params, species, senders, receivers, e
             sc = blocks.species_linear(layer.node_irreps, layer.hidden_out, p_int["skip"], feats, species, n_species)
         up = blocks.linear(layer.linear_up, p_int["linear_up"], feats)
         edge_weights = blocks.radial_mlp(p_int["radial_mlp"], radial, h.silu_normalization)
-        if dense is None:
+        if use_cue:
+            msgs = cue_ops.conv_messages(layer.conv, up, sh, edge_weights, senders, receivers, n)
+        elif dense is None:
             msgs = blocks.conv_messages(layer.conv, up, sh, edge_weights, senders, receivers, n)
         else:
             msgs = blocks.conv_messages_dense(layer.conv, up, sh, edge_weights.reshape(n, -1, edge_weights.shape[-1]), dense)
@@ -368,7 +395,8 @@ def node_energies(h: MACEHyperparameters, params, species, senders, receivers, e
             msgs = blocks.species_linear(layer.target_irreps, layer.target_irreps, p_int["skip"], msgs, species, n_species)
         x = jnp.concatenate(msgs, axis=-1)  # (n, channels, D)
         correlations = [layer.correlation] * len(layer.hidden_out)
-        prod = blocks.symmetric_contraction(layer.coupling, layer.hidden_out, correlations, p_prod["contraction"], x, species)
+        contract = cue_ops.symmetric_contraction if use_cue else blocks.symmetric_contraction
+        prod = contract(layer.coupling, layer.hidden_out, correlations, p_prod["contraction"], x, species)
         feats = blocks.linear(layer.product_linear, p_prod["linear"], prod)
         if layer.use_sc and sc is not None:
             feats = [a + b for a, b in zip(feats, sc)]
@@ -384,7 +412,9 @@ def node_energies(h: MACEHyperparameters, params, species, senders, receivers, e
     e0 = jnp.take(params["atomic_energies"].astype(dtype), species)
     out = e0 + scale * node_energy + shift
     if dense is not None:
-        out = jnp.where(dense.overflow, jnp.nan, out)
+        # NaN energies *and* forces on slot overflow (a where() would leave finite forces that an
+        # integrator could carry on with)
+        out = out * jnp.where(dense.overflow, jnp.nan, 1.0).astype(dtype)
     return out
 
 
@@ -410,9 +440,11 @@ class _MACEModule:
 
     hyperparameters: MACEHyperparameters
     max_neighbours: int | None = None
+    backend: str = "auto"
 
     def apply(self, params, species, senders, receivers, edge_vectors, edge_mask):
-        return node_energies(self.hyperparameters, params, species, senders, receivers, edge_vectors, edge_mask, self.max_neighbours)
+        return node_energies(self.hyperparameters, params, species, senders, receivers, edge_vectors, edge_mask,
+                             self.max_neighbours, self.backend)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -452,8 +484,18 @@ class MACEPotential(FlaxPotential):
         largest count of :func:`max_edges_per_atom`). ``None`` restores the flat scatter path."""
         if max_neighbours is not None and int(max_neighbours) < 1:
             raise ValueError(f"max_neighbours must be a positive integer or None; got {max_neighbours}")
-        module = _MACEModule(self.hyperparameters, None if max_neighbours is None else int(max_neighbours))
+        module = dataclasses.replace(self.module, max_neighbours=None if max_neighbours is None else int(max_neighbours))
         return dataclasses.replace(self, module=module)
+
+    @property
+    def backend(self) -> str:
+        """The requested kernel backend ("auto", "e3nn" or "cuequivariance"; see :func:`node_energies`)."""
+        return self.module.backend
+
+    def with_backend(self, backend: str) -> "MACEPotential":
+        """The same model evaluated with another kernel backend ("auto", "e3nn", "cuequivariance")."""
+        resolve_backend(backend)  # validates the name and the installation now, not at trace time
+        return dataclasses.replace(self, module=dataclasses.replace(self.module, backend=backend))
 
     def check_species(self, atomic_numbers) -> np.ndarray:
         """Host-side check that every element is in the species table (ValueError naming the others)."""

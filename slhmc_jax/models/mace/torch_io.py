@@ -85,8 +85,6 @@ def hyperparameters_from_torch(module) -> MACEHyperparameters:
             problems.append(f"{key}={value!r}")
     if hasattr(module, "pair_repulsion"):
         problems.append("pair_repulsion=True")
-    if getattr(module, "use_reduced_cg", False) and _cueq_installed():
-        problems.append("use_reduced_cg=True with cuequivariance installed (a different product basis)")
     names = {cls.__name__ for cls in (type(module.interactions[0]),)} | {type(m).__name__ for m in module.interactions[1:]}
     for name in names:
         if name not in (RESIDUAL, NON_RESIDUAL):
@@ -129,10 +127,24 @@ def hyperparameters_from_torch(module) -> MACEHyperparameters:
     )
 
 
-def _cueq_installed() -> bool:
-    import importlib.util
+def _check_product_basis(sd, prefix: str, layer, o: int) -> None:
+    """The module's stored U matrices must be this package's coupling tensors (e3nn basis).
 
-    return importlib.util.find_spec("cuequivariance") is not None
+    mace-torch stores them as buffers when the model is built; a model built with
+    ``use_reduced_cg=True`` while cuequivariance was installed has another basis, in which its
+    weights mean something else.
+    """
+    ir_out = layer.hidden_out[o].ir
+    for nu in range(1, layer.correlation + 1):
+        stored = sd.get(prefix + f"U_matrix_{nu}")
+        if stored is None:
+            continue
+        ours = ir.coupling_tensor(layer.coupling, ir_out, nu)
+        if stored.shape != ours.shape or not np.allclose(stored, ours, atol=1e-6):
+            raise ValueError(
+                f"mace-torch model uses features slhmc_jax does not implement: a symmetric-contraction basis "
+                f"({prefix}U_matrix_{nu}) other than e3nn's (a model built with use_reduced_cg=True while "
+                f"cuequivariance was installed)")
 
 
 def from_torch(module, dtype=None) -> MACEPotential:
@@ -176,6 +188,7 @@ def from_torch(module, dtype=None) -> MACEPotential:
         contraction = []
         for o in range(len(layer.hidden_out)):
             cpre = f"products.{t}.symmetric_contractions.contractions.{o}."
+            _check_product_basis(sd, cpre, layer, o)
             lower = [sd[cpre + f"weights.{j}"] for j in range(layer.correlation - 1)]
             contraction.append(lower[::-1] + [sd[cpre + "weights_max"]])
         params["products"].append(
