@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
@@ -21,10 +19,6 @@ from slhmc_jax.models import FlaxPotential, registry
 ELEMENTS = (1, 8, 22)
 
 
-def _mace_available() -> bool:
-    return importlib.util.find_spec("slhmc_jax.models.mace") is not None
-
-
 MODEL_CASES = {
     "nequip": dict(cutoff=4.0, hidden_irreps="8x0e+4x1o+2x2e", n_layers=2, n_basis=6, radial_hidden=(8,), species_energies_eV=(-1.0, -2.0, -3.0)),
     "lennard_jones": dict(epsilon_eV=0.05, sigma_A=0.9, cutoff_A=4.0),
@@ -36,8 +30,6 @@ MODEL_CASES = {
 def potential(request):
     name = request.param
     assert name in registry.available(), f"{name} is not registered"
-    if name == "mace" and not _mace_available():
-        pytest.skip("slhmc_jax.models.mace not present in this checkout yet")
     return registry.build(name, ELEMENTS, dtype=jnp.float64, **MODEL_CASES[name])
 
 
