@@ -212,14 +212,18 @@ def _empty(layout: NeighbourLayout, positions, cell) -> Neighbours:
     )
 
 
-def _image_chunks(n_images: tuple[int, int, int], n_atoms: int, min_steps: int = 1) -> np.ndarray:
+def _image_chunks(n_images: tuple[int, int, int], n_atoms: int, min_steps: int = 1, bucket_rows: bool = False) -> np.ndarray:
     """Lattice translations to search, as (n_steps, per_step, 4) int32 rows (S, real flag).
 
-    Rows with flag 0 pad the last step (and up to ``min_steps`` steps) and match nothing.
+    Rows with flag 0 pad the last step (and up to ``min_steps`` steps) and match nothing;
+    ``bucket_rows`` pads ``per_step`` to a power of two within the memory budget (fewer shapes).
     """
     images = _image_list(n_images)
     n_img = images.shape[0]
-    per_step = max(1, min(n_img, _BRUTE_CHUNK_ELEMENTS // max(1, n_atoms * n_atoms)))
+    limit = max(1, _BRUTE_CHUNK_ELEMENTS // max(1, n_atoms * n_atoms))
+    per_step = max(1, min(n_img, limit))
+    if bucket_rows and _bucket(per_step) <= limit:
+        per_step = _bucket(per_step)
     n_steps = max(min_steps, -(-n_img // per_step))
     padded = np.zeros((n_steps * per_step, 4), np.int32)
     padded[:n_img, :3] = images
@@ -318,12 +322,14 @@ def _bin_stencil(grid: tuple[int, int, int]):
     return nb_id.astype(np.int32), shift.astype(np.int32)
 
 
-def _build_cells(layout: NeighbourLayout, positions, cell, n_valid=None) -> Neighbours:
-    """Cell-list search; ``n_valid`` (traced int) marks atoms >= n_valid as padding."""
+def _build_cells(layout: NeighbourLayout, positions, cell, n_valid=None, radius=None) -> Neighbours:
+    """Cell-list search; ``n_valid`` (traced int) marks atoms >= n_valid as padding; ``radius``
+    (traced, A) replaces ``layout.search_radius`` so that one compiled search serves many cutoffs."""
     n, cap, bcap = layout.n_atoms, layout.capacity, layout.bin_capacity
     gx, gy, gz = layout.grid
     n_bins = gx * gy * gz
-    r2max = layout.search_radius**2
+    radius = layout.search_radius if radius is None else radius
+    r2max = radius**2
     wrapped, frac, W = _wrap(positions, cell, jnp.asarray(layout.pbc))  # fully periodic here
     g = jnp.asarray(layout.grid)
     b3 = jnp.clip(jnp.floor(frac * g).astype(jnp.int32), 0, g - 1)
@@ -362,7 +368,7 @@ def _build_cells(layout: NeighbourLayout, positions, cell, n_valid=None) -> Neig
     S = jnp.where(real[:, None], S - W[sj] + W[si], 0)
 
     widths = plane_widths(cell)
-    bins_too_thin = jnp.any(widths / g < layout.search_radius)
+    bins_too_thin = jnp.any(widths / g < radius)
     return Neighbours(
         senders=senders,
         receivers=receivers,
@@ -647,9 +653,29 @@ def _bucket(x: int) -> int:
     return 1 << (max(int(x), 1) - 1).bit_length()
 
 
+def _bucket4(x: int) -> int:
+    """Smallest power of four >= x."""
+    b = _bucket(x)
+    return b if b.bit_length() % 2 == 1 else 2 * b
+
+
+def _bucket_down(x: int) -> int:
+    """Largest of 1, 2, 3, 4, 6, 8, 12, 16, 24, ... not above x (bins at most 1.33x wider than needed)."""
+    p = 1 << (max(int(x), 1).bit_length() - 1)
+    return p + p // 2 if p >= 2 and p + p // 2 <= x else p
+
+
+def _max_bin_count(positions, cell, grid) -> int:
+    frac = np.linalg.solve(np.asarray(cell).T, np.asarray(positions).T).T
+    frac -= np.floor(frac)
+    b3 = np.clip(np.floor(frac * np.array(grid)).astype(int), 0, np.array(grid) - 1)
+    ids = (b3[:, 0] * grid[1] + b3[:, 1]) * grid[2] + b3[:, 2]
+    return int(np.bincount(ids, minlength=int(np.prod(grid))).max()) if len(ids) else 0
+
+
 def _padded_build(layout: NeighbourLayout, positions, full, periodic, chunks, n_valid, radius) -> Neighbours:
     if layout.method == "cells":
-        return _build_cells(layout, positions, full, n_valid)
+        return _build_cells(layout, positions, full, n_valid, radius)
     return _brute_search(layout.capacity, positions, full, periodic, chunks, n_valid, radius)
 
 
@@ -690,14 +716,19 @@ def neighbour_pairs(atoms, cutoff: float, *, method: str = "auto"):
     padded = np.zeros((n_pad, 3))
     padded[:n] = positions
     for _ in range(3):
-        layout = dataclasses.replace(layout, n_atoms=n_pad, capacity=_bucket(layout.capacity))
+        # capacity in powers of 4 (pair arrays at most 4x too long, half as many compiled shapes)
+        layout = dataclasses.replace(layout, n_atoms=n_pad, capacity=_bucket4(layout.capacity))
         if layout.method == "brute":
-            raw = _image_chunks(layout.n_images, n_pad)
-            chunks = _image_chunks(layout.n_images, n_pad, min_steps=_bucket(raw.shape[0]))
+            raw = _image_chunks(layout.n_images, n_pad, bucket_rows=True)
+            chunks = _image_chunks(layout.n_images, n_pad, min_steps=_bucket(raw.shape[0]), bucket_rows=True)
             key = NeighbourLayout(n_pad, 0.0, 0.0, (True, True, True), layout.capacity, "brute")
         else:
             chunks = np.zeros((1, 1, 4), np.int32)
-            key = layout  # the cell-list grid depends on the cutoff anyway
+            # bucketed grid and bin capacity, radius traced: cells of other sizes and cutoffs share code
+            grid = tuple(_bucket_down(g) for g in layout.grid)
+            bcap = _bucket(max(layout.bin_capacity, int(math.ceil(1.25 * _max_bin_count(positions, full, grid))) + 2))
+            layout = dataclasses.replace(layout, grid=grid, bin_capacity=bcap)
+            key = NeighbourLayout(n_pad, 0.0, 0.0, (True, True, True), layout.capacity, "cells", (0, 0, 0), grid, bcap)
         nbrs = _padded_build_jit(
             key, jnp.asarray(padded), jnp.asarray(full), jnp.asarray(pbc), jnp.asarray(chunks), n, float(cutoff)
         )

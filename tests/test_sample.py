@@ -179,8 +179,11 @@ def test_mace_edge_slot_overflow_reruns_and_gives_the_same_chain():
     def target(atoms_list):
         return [calc.get_potential_energy(a) for a in atoms_list]
     kw = dict(temperature_K=900.0, n_chains=4, n_steps=6, trajectory_steps=20, timestep_fs=4.0, seed=3, progress=False)
-    auto = slhmc_jax.sample(atoms, proposal, target, n_steps=1, **{k: v for k, v in kw.items() if k != "n_steps"})
-    assert auto.diagnostics["edge_slots"] >= int(np.ceil(1.25 * 12)) + 2
+    from slhmc_jax import neighbours as nb
+    from slhmc_jax.sampling import default_edge_slots
+
+    layout, _ = nb.allocate(atoms.positions, atoms.cell.array, True, 5.0, 0.5)
+    assert default_edge_slots(proposal, layout, atoms.positions, atoms.cell.array) == int(np.ceil(1.25 * 12)) + 2
     tight = slhmc_jax.sample(atoms, proposal.with_max_neighbours(12), target, **kw)
     ample = slhmc_jax.sample(atoms, proposal.with_max_neighbours(40), target, **kw)
     assert tight.diagnostics["edge_slot_regrowths"] >= 1 and tight.diagnostics["edge_slots"] > 12
