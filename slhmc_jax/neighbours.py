@@ -222,8 +222,8 @@ def _image_chunks(n_images: tuple[int, int, int], n_atoms: int, min_steps: int =
     n_img = images.shape[0]
     limit = max(1, _BRUTE_CHUNK_ELEMENTS // max(1, n_atoms * n_atoms))
     per_step = max(1, min(n_img, limit))
-    if bucket_rows and _bucket(per_step) <= limit:
-        per_step = _bucket(per_step)
+    if bucket_rows:
+        per_step = _bucket4(per_step) if _bucket4(per_step) <= limit else (_bucket(per_step) if _bucket(per_step) <= limit else per_step)
     n_steps = max(min_steps, -(-n_img // per_step))
     padded = np.zeros((n_steps * per_step, 4), np.int32)
     padded[:n_img, :3] = images
@@ -712,12 +712,12 @@ def neighbour_pairs(atoms, cutoff: float, *, method: str = "auto"):
     volume = abs(np.linalg.det(full)) if all(pbc) else _box_volume(positions, full, pbc, cutoff)
     capacity = _estimate_capacity(n, volume, cutoff)
     layout = _choose_layout(positions, cell, pbc, float(cutoff), 0.0, method, capacity, 0)
-    n_pad = _bucket(n)
+    n_pad = max(16, _bucket(n))  # tiny systems share one padded size (16^2 pairs per image is trivial)
     padded = np.zeros((n_pad, 3))
     padded[:n] = positions
     for _ in range(3):
         # capacity in powers of 4 (pair arrays at most 4x too long, half as many compiled shapes)
-        layout = dataclasses.replace(layout, n_atoms=n_pad, capacity=_bucket4(layout.capacity))
+        layout = dataclasses.replace(layout, n_atoms=n_pad, capacity=_bucket4(max(layout.capacity, 1024)))
         if layout.method == "brute":
             raw = _image_chunks(layout.n_images, n_pad, bucket_rows=True)
             chunks = _image_chunks(layout.n_images, n_pad, min_steps=_bucket(raw.shape[0]), bucket_rows=True)
