@@ -695,7 +695,8 @@ def neighbour_pairs(atoms, cutoff: float, *, method: str = "auto"):
     Args:
         atoms: ase.Atoms (positions, cell, pbc are used).
         cutoff: Angstrom.
-        method: "auto", "brute" or "cells".
+        method: "auto" (padded brute force up to 1024 atoms, the cell list above where the
+            cell allows it), "brute" or "cells".
 
     Returns:
         (i, j, S): int arrays of shapes (n_pairs,), (n_pairs,), (n_pairs, 3), sorted by
