@@ -193,6 +193,6 @@ def test_flax_potential_vmaps_over_chains():
     c = np.stack([np.asarray(a.get_cell()) for a in configs])
     _, nbrs = nl.allocate(x, c, True, pot.cutoff, batch=True)
     z = jnp.asarray(configs[0].get_atomic_numbers())
-    batched = jax.vmap(pot.energy, in_axes=(None, 0, 0, None, 0))(pot.params, jnp.asarray(x), jnp.asarray(c), z, nbrs)
+    batched = jax.jit(jax.vmap(pot.energy, in_axes=(None, 0, 0, None, 0)))(pot.params, jnp.asarray(x), jnp.asarray(c), z, nbrs)
     single = [testing.evaluate(pot, a)[0] for a in configs]
     np.testing.assert_allclose(np.asarray(batched), single, rtol=0, atol=1e-10)
