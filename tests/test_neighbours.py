@@ -61,10 +61,12 @@ def random_case(rng: np.random.Generator, index: int):
     return Atoms(numbers=np.ones(n_atoms, int), positions=positions, cell=cell, pbc=pbc), cutoff
 
 
-def test_matches_ase_on_200_random_cells():
+# the first 100 cases in the default run (compile-bound: ~30 shared shapes), all 200 in the slow set
+@pytest.mark.parametrize("n_cases", [100, pytest.param(200, marks=pytest.mark.slow)])
+def test_matches_ase_on_random_cells(n_cases):
     rng = np.random.default_rng(20261125)
     n_thin = n_mixed = n_total_pairs = 0
-    for index in range(200):
+    for index in range(n_cases):
         atoms, cutoff = random_case(rng, index)
         i, j, S = neighbour_pairs(atoms, cutoff)
         ours = pair_set(i, j, S)
@@ -79,7 +81,7 @@ def test_matches_ase_on_200_random_cells():
         n_mixed += bool(not atoms.pbc.all())
         n_total_pairs += len(ref)
     # the generator really covers the hard cases
-    assert n_thin >= 30 and n_mixed >= 30 and n_total_pairs > 100_000
+    assert n_thin >= 0.15 * n_cases and n_mixed >= 0.15 * n_cases and n_total_pairs > 500 * n_cases  # 51, 40, 4e5 of 100
 
 
 def test_rutile_primitive_cell_needs_many_images():
