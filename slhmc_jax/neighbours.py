@@ -216,14 +216,15 @@ def _image_chunks(n_images: tuple[int, int, int], n_atoms: int, min_steps: int =
     """Lattice translations to search, as (n_steps, per_step, 4) int32 rows (S, real flag).
 
     Rows with flag 0 pad the last step (and up to ``min_steps`` steps) and match nothing;
-    ``bucket_rows`` pads ``per_step`` to a power of two within the memory budget (fewer shapes).
+    ``bucket_rows`` pads ``per_step`` to a power of four, else of two, within the memory budget
+    (fewer shapes).
     """
     images = _image_list(n_images)
     n_img = images.shape[0]
     limit = max(1, _BRUTE_CHUNK_ELEMENTS // max(1, n_atoms * n_atoms))
     per_step = max(1, min(n_img, limit))
     if bucket_rows:
-        per_step = _bucket4(per_step) if _bucket4(per_step) <= limit else (_bucket(per_step) if _bucket(per_step) <= limit else per_step)
+        per_step = next((b for b in (_bucket4(per_step), _bucket(per_step)) if b <= limit), per_step)
     n_steps = max(min_steps, -(-n_img // per_step))
     padded = np.zeros((n_steps * per_step, 4), np.int32)
     padded[:n_img, :3] = images
@@ -513,12 +514,7 @@ def _choose_layout(positions, cell, pbc, cutoff, skin, method, capacity, bin_cap
     if method not in ("brute", "cells"):
         raise ValueError(f"unknown neighbour search method {method!r}; expected 'auto', 'brute' or 'cells'")
     if method == "cells":
-        wrapped_frac = np.linalg.solve(cell.T, positions.T).T
-        wrapped_frac -= np.floor(wrapped_frac)
-        b3 = np.clip(np.floor(wrapped_frac * np.array(grid)).astype(int), 0, np.array(grid) - 1)
-        ids = (b3[:, 0] * grid[1] + b3[:, 1]) * grid[2] + b3[:, 2]
-        max_count = int(np.bincount(ids, minlength=int(np.prod(grid))).max()) if n else 0
-        bcap = bin_capacity or int(math.ceil(1.25 * max_count)) + 2
+        bcap = bin_capacity or _bin_capacity(positions, cell, grid)
         return NeighbourLayout(n, float(cutoff), float(skin), pbc, int(capacity), "cells", (0, 0, 0), grid, bcap)
     n_images = tuple(int(math.ceil(radius / w)) if (pbc[k] and radius > 0) else 0 for k, w in enumerate(widths))
     return NeighbourLayout(n, float(cutoff), float(skin), pbc, int(capacity), "brute", n_images)
@@ -665,12 +661,14 @@ def _bucket_down(x: int) -> int:
     return p + p // 2 if p >= 2 and p + p // 2 <= x else p
 
 
-def _max_bin_count(positions, cell, grid) -> int:
+def _bin_capacity(positions, cell, grid) -> int:
+    """Atoms per bin to allocate: the fullest bin of ``grid`` over the periodic ``cell`` + 25% + 2."""
     frac = np.linalg.solve(np.asarray(cell).T, np.asarray(positions).T).T
     frac -= np.floor(frac)
     b3 = np.clip(np.floor(frac * np.array(grid)).astype(int), 0, np.array(grid) - 1)
     ids = (b3[:, 0] * grid[1] + b3[:, 1]) * grid[2] + b3[:, 2]
-    return int(np.bincount(ids, minlength=int(np.prod(grid))).max()) if len(ids) else 0
+    max_count = int(np.bincount(ids, minlength=int(np.prod(grid))).max()) if len(ids) else 0
+    return int(math.ceil(1.25 * max_count)) + 2
 
 
 def _padded_build(layout: NeighbourLayout, positions, full, periodic, chunks, n_valid, radius) -> Neighbours:
@@ -731,7 +729,7 @@ def neighbour_pairs(atoms, cutoff: float, *, method: str = "auto"):
             chunks = np.zeros((1, 1, 4), np.int32)
             # bucketed grid and bin capacity, radius traced: cells of other sizes and cutoffs share code
             grid = tuple(_bucket_down(g) for g in layout.grid)
-            bcap = _bucket(max(layout.bin_capacity, int(math.ceil(1.25 * _max_bin_count(positions, full, grid))) + 2))
+            bcap = _bucket(max(layout.bin_capacity, _bin_capacity(positions, full, grid)))
             layout = dataclasses.replace(layout, grid=grid, bin_capacity=bcap)
             key = NeighbourLayout(n_pad, 0.0, 0.0, (True, True, True), layout.capacity, "cells", (0, 0, 0), grid, bcap)
         nbrs = _padded_build_jit(
