@@ -54,7 +54,7 @@ class SampleResult:
         target_energies: (n_chains, n_steps) eV.
         acceptance_rate: (n_chains,) over all production moves (HMC and cell moves).
         samples: list per chain of ase.Atoms with a SinglePointCalculator carrying the target energy.
-        diagnostics: dict from :func:`slhmc_jax.observables.mcmc_diagnostics` plus
+        diagnostics: ``acceptance``, ``acceptance_per_chain``, ``mcmc`` (:class:`slhmc_jax.diagnostics.MCMCDiagnostics`), ``ess``, ``iat``, ``rhat`` of the target energy, plus
             ``timestep_fs`` and ``trajectory_steps`` (the fixed production values),
             ``ml_energy_error_eV`` (n_chains, n_steps; 0 on cell moves), ``move``
             (n_steps,) 0 = HMC, 1 = cell move, ``warmup`` (tuning history),
@@ -573,7 +573,7 @@ def sample(atoms, proposal, target, *, temperature_K, n_chains, n_steps, traject
 def _result(atoms, records, host, phash, n_chains, warmup_steps, ensemble) -> SampleResult:
     from ase.calculators.singlepoint import SinglePointCalculator
 
-    from slhmc_jax.observables import mcmc_diagnostics
+    from slhmc_jax.diagnostics import mcmc_diagnostics
 
     rec = np.stack(records)
     pos = np.ascontiguousarray(rec["positions"].transpose(1, 0, 2, 3))
@@ -585,12 +585,16 @@ def _result(atoms, records, host, phash, n_chains, warmup_steps, ensemble) -> Sa
     observables = {"target_energy_eV": energies}
     if ensemble != "nvt":
         observables["volume_A3"] = np.abs(np.linalg.det(cells))
-    diag = mcmc_diagnostics(
+    mcmc = mcmc_diagnostics(
         observables,
         accepted,
         n_target_calls=n_chains * (1 + warmup_steps + n_steps),
         ml_energy_error=rec["ml_energy_error"].T[:, move == 0],
     )
+    diag = {"acceptance": mcmc.acceptance, "acceptance_per_chain": mcmc.acceptance_per_chain, "mcmc": mcmc}
+    first = mcmc.observables["target_energy_eV"]
+    if first is not None:
+        diag.update(ess=first.ess, iat=first.iat, rhat=first.rhat)
     diag["timestep_fs"] = float(host["timestep_fs"])
     diag["trajectory_steps"] = int(host["trajectory_steps"])
     diag["ml_energy_error_eV"] = np.ascontiguousarray(rec["ml_energy_error"].T)

@@ -10,7 +10,7 @@ import slhmc_jax  # noqa: F401  (x64)
 from slhmc_jax import hmc
 from slhmc_jax.integrators import KB_EV_PER_K
 from slhmc_jax.models.base import FunctionPotential
-from slhmc_jax.observables import mcmc_diagnostics
+from slhmc_jax.diagnostics import mcmc_diagnostics
 
 T = 300.0
 KT = KB_EV_PER_K * T
@@ -84,6 +84,6 @@ def test_morse_dimer_bond_length_distribution_ks():
     assert acc.mean() > 0.2
     # the KS test needs (nearly) independent draws: thousands of them, by ArviZ's ESS
     r_chains = np.linalg.norm(samples[:, 20::10, 1] - samples[:, 20::10, 0], axis=-1)
-    assert mcmc_diagnostics(r_chains, np.ones(r_chains.shape, bool))["ess"] > 2000
+    assert mcmc_diagnostics(r_chains, np.ones(r_chains.shape, bool)).observables["value"].ess > 2000
     assert p_ok > 0.01, p_ok
     assert p_wrong < 1e-6, p_wrong

@@ -44,10 +44,10 @@ def test_sample_einstein_variance_and_result_shapes():
     np.testing.assert_allclose(a.positions, res.positions[3, -1])
     d = res.diagnostics
     assert 0 < d["acceptance"] < 1 and d["ess"] > 100 and len(res.proposal_hash) == 64
-    from slhmc_jax.observables import mcmc_diagnostics
+    from slhmc_jax.diagnostics import chain_statistics
 
-    post = mcmc_diagnostics(res.target_energies[:, 20:], np.ones((64, 60), bool))
-    assert np.isfinite(post["rhat"]) and post["rhat"] > 0.99
+    post = chain_statistics(res.target_energies[:, 20:])
+    assert np.isfinite(post.rhat) and post.rhat > 0.99
     assert d["ml_energy_error_eV"].shape == (64, 80)
 
 
