@@ -82,11 +82,11 @@ def jax_callable(potential, atoms, dtype):
     positions = jnp.asarray(atoms.get_positions(), dtype)
     cell = jnp.asarray(np.asarray(atoms.get_cell()), dtype)
     z = jnp.asarray(atoms.get_atomic_numbers())
-    _, nbrs = nl.allocate(np.asarray(atoms.get_positions()), np.asarray(atoms.get_cell()), (True,) * 3, potential.cutoff, 0.0)
-    # receiver-major edge slots sized from this structure with a 20% margin (the overflow check makes
-    # the energy NaN rather than wrong if an atom ever had more neighbours)
-    k = jmace.max_edges_per_atom(nbrs, atoms.get_positions(), np.asarray(atoms.get_cell()), potential.cutoff)
-    potential = potential.with_max_neighbours(int(np.ceil(1.2 * k)))  # unused by the cuequivariance backend
+    # the neighbour format the model prefers (dense per-atom slots on the e3nn path), sized from
+    # this structure with the neighbour list's own headroom
+    dense = "auto" if potential.prefers_dense_neighbours else None
+    _, nbrs = nl.allocate(np.asarray(atoms.get_positions()), np.asarray(atoms.get_cell()), (True,) * 3, potential.cutoff, 0.0,
+                          max_neighbours=dense)
     fn = jax.jit(lambda p, x, c, nb: energy_and_forces(potential, p, x, c, z, nb))
     params = potential.params
 

@@ -3,7 +3,7 @@
 System: 72-atom rutile TiO2 (2x2x3 cells), MACE with the MP-0 "small" hyperparameters and random
 weights, float32, velocity Verlet. Three ways to run the same chains:
 
-- ours, vmapped: ``slhmc_jax.sampling.propose_chains`` (what ``sample`` calls every step: fresh
+- ours, vmapped: ``slhmc_jax.hmc.hmc_kernel(...).propose`` (what ``sample`` calls every step: fresh
   neighbour lists, Maxwell-Boltzmann momenta, the whole trajectory of every chain in one compiled
   call; sharded over the chain axis when several devices are visible);
 - ours, sequential: the same compiled function on one chain at a time, chain after chain;
@@ -37,7 +37,8 @@ def _parse():
     ap.add_argument("--trajectory-steps", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--no-torchsim", action="store_true")
-    ap.add_argument("--flat-edges", action="store_true", help="MACE with the flat scatter message sum instead of edge slots")
+    ap.add_argument("--flat-edges", action="store_true",
+                    help="the pair-list neighbour format (MACE's scatter message sum) instead of the dense per-atom format")
     ap.add_argument("--model", choices=("mace", "nequip"), default="mace",
                     help="nequip: a stand-in JAX model (TorchSim then runs a random MACE of other weights)")
     return ap.parse_args()
@@ -73,7 +74,8 @@ def main():
 
     from slhmc_jax import hmc
     from slhmc_jax import neighbours as nb
-    from slhmc_jax.sampling import default_chain_batch_size, default_edge_slots, propose_chains, shard_chains
+    from slhmc_jax.hmc import default_chain_batch_size
+    from slhmc_jax.sampling import shard_chains
     from slhmc_jax.structures import rutile
 
     atoms = rutile(repeat=(2, 2, 3))
@@ -96,26 +98,27 @@ def main():
     cell = jnp.asarray(atoms.cell.array, jnp.float32)
     z = np.asarray(atoms.numbers)
     masses = np.asarray(atoms.get_masses())
-    layout, _ = nb.allocate(np.asarray(atoms.positions), np.asarray(atoms.cell.array), True, float(pot.cutoff), 0.5)
-    if a.model == "mace" and not a.flat_edges:
-        # receiver-major edge slots (batched-matmul message sums), sized as slhmc_jax.sample sizes
-        # them; an overflow would turn energies into NaN, which the run below reports
-        pot = pot.with_max_neighbours(default_edge_slots(pot, layout, np.asarray(atoms.positions), np.asarray(atoms.cell.array)))
-        model_name += f", {pot.max_neighbours} edge slots per atom"
+    # the neighbour format slhmc_jax.sample picks: dense per-atom slots for a model that prefers them
+    dense = "auto" if (pot.prefers_dense_neighbours and not a.flat_edges) else None
+    layout, _ = nb.allocate(np.asarray(atoms.positions), np.asarray(atoms.cell.array), True, float(pot.cutoff), 0.5,
+                            max_neighbours=dense)
+    if layout.max_neighbours:
+        model_name += f", dense neighbour format with {layout.max_neighbours} slots per atom"
     print(f"# {model_name}, {len(atoms)}-atom rutile, float32, {n_traj} VV steps of {timestep_fs} fs, "
           f"{len(jax.devices())} device(s) [{jax.devices()[0].platform}], layout {layout.method} capacity {layout.capacity}, "
           f"chains per vmapped force group {[default_chain_batch_size(n) or n for n in counts]}",
           flush=True)
 
+    kernel = hmc.hmc_kernel(pot, z, masses, temperature_K, layout=layout)
+
     def states_for(n, seed=0):
-        keys = jax.random.split(jax.random.PRNGKey(seed), n)
-        return jax.vmap(lambda k: hmc.init(x, cell, 0.0, k))(keys)
+        return hmc.init(jnp.broadcast_to(x, (n,) + x.shape), jnp.broadcast_to(cell, (n, 3, 3)), jnp.zeros(n), seed)
 
     def run(states):
-        prop = propose_chains(states, pot, pot.params, z, masses, temperature_K, n_traj, timestep_fs, layout)
+        prop = kernel.propose(states, pot.params, timestep_fs, n_traj)
         jax.block_until_ready(prop.positions)
-        if not bool(jnp.all(jnp.isfinite(prop.positions))):
-            print("# WARNING: non-finite trajectory (edge-slot overflow?); timings below are not valid", flush=True)
+        if bool(np.any(np.asarray(prop.overflow))) or not bool(jnp.all(jnp.isfinite(prop.positions))):
+            print("# WARNING: neighbour overflow or non-finite trajectory; timings below are not valid", flush=True)
         return prop
 
     ts_run = None

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from ase.calculators.calculator import Calculator as _AseCalculator
 from ase.calculators.calculator import all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
 
 from slhmc_jax import neighbours as nl
 from slhmc_jax.models.base import Potential
@@ -61,8 +62,9 @@ class Calculator(_AseCalculator):
 
     Implements energy, free_energy, forces, stress (and per-atom energies where the potential
     has ``node_energies``). Positions in A, energies in eV, stress eV/A^3 (ASE convention).
-    The neighbour list is allocated on the first call and regrown on overflow; compiled
-    functions are reused while the atom count and layout stay the same.
+    The neighbour list (the dense per-atom format for models that prefer it) is allocated on the
+    first call and regrown on overflow; compiled functions are reused while the atom count and
+    layout stay the same.
 
     Args:
         potential: the model.
@@ -80,35 +82,19 @@ class Calculator(_AseCalculator):
         self._layout = None
         self._nbrs = None
         self._update = jax.jit(nl.update, static_argnums=0)
-        # models with receiver-major edge slots (MACE): sized here from the structure and grown
-        # whenever an atom gains more neighbours, so the fast path never truncates
-        self._auto_slots = hasattr(potential, "with_max_neighbours") and getattr(potential, "max_neighbours", 0) is None
-        self._slots = None
-        self._compile(potential)
-
-    def _compile(self, potential):
-        self._evaluated = potential
-        self._fn = jax.jit(
-            lambda params, x, c, z, nb: properties(potential, params, x, c, z, nb, compute_stress=True)
-        )
+        self._fn = jax.jit(lambda params, x, c, z, nb: properties(potential, params, x, c, z, nb, compute_stress=True))
         self._node_fn = None
         if hasattr(potential, "node_energies"):
             self._node_fn = jax.jit(lambda params, x, c, z, nb: potential.node_energies(params, x, c, z, nb))
-
-    def _size_slots(self, positions, cell, nbrs):
-        from slhmc_jax.models.mace.model import max_edges_per_atom
-
-        k = max_edges_per_atom(nbrs, positions, cell, self.potential.cutoff)
-        if self._slots is None or k > self._slots:
-            self._slots = int(np.ceil(1.25 * max(k, 1))) + 2
-            self._compile(self.potential.with_max_neighbours(self._slots))
 
     def _neighbours(self, positions, cell, pbc):
         if self.potential.cutoff is None:
             return None
         layout = self._layout
         if layout is None or layout.n_atoms != len(positions) or layout.pbc != tuple(pbc):
-            self._layout, self._nbrs = nl.allocate(positions, cell, pbc, self.potential.cutoff, self.skin)
+            dense = "auto" if getattr(self.potential, "prefers_dense_neighbours", False) else None
+            self._layout, self._nbrs = nl.allocate(positions, cell, pbc, self.potential.cutoff, self.skin,
+                                                   max_neighbours=dense)
             return self._nbrs
         nbrs = self._update(layout, jnp.asarray(positions), jnp.asarray(cell), self._nbrs)
         if bool(nbrs.overflow):
@@ -123,8 +109,6 @@ class Calculator(_AseCalculator):
         positions, cell, _ = nl.validate_geometry(atoms.get_positions(), np.asarray(atoms.get_cell()), pbc)
         z = self.potential_numbers(atoms)
         nbrs = self._neighbours(positions, cell, pbc)
-        if self._auto_slots and nbrs is not None:
-            self._size_slots(positions, cell, nbrs)
         out = self._fn(self.params, jnp.asarray(positions), jnp.asarray(cell), jnp.asarray(z), nbrs)
         energy = float(out.energy)
         if not np.isfinite(energy):
@@ -139,20 +123,18 @@ class Calculator(_AseCalculator):
                 self._node_fn(self.params, jnp.asarray(positions), jnp.asarray(cell), jnp.asarray(z), nbrs), dtype=np.float64
             )
         if all(pbc):
-            s = np.asarray(out.stress, dtype=np.float64)
-            self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+            self.results["stress"] = full_3x3_to_voigt_6_stress(np.asarray(out.stress, dtype=np.float64))
 
     def potential_numbers(self, atoms) -> np.ndarray:
         """Atomic numbers, checked against the potential's species table."""
-        z = atoms.get_atomic_numbers()
-        table = self.potential.atomic_numbers
-        if table is not None:
-            unknown = sorted(set(z.tolist()) - set(table))
-            if unknown:
-                from ase.data import chemical_symbols
+        return check_species(self.potential, atoms.get_atomic_numbers())
 
-                raise ValueError(
-                    f"element(s) {[chemical_symbols[u] for u in unknown]} not in the potential's species table "
-                    f"{[chemical_symbols[t] for t in table]}"
-                )
-        return z
+
+def check_species(potential: Potential, atomic_numbers) -> np.ndarray:
+    """Host-side: ``atomic_numbers`` (n_atoms,) as an int array; ValueError naming every element
+    missing from the potential's species table (any element passes a table of None)."""
+    from slhmc_jax.models.registry import SpeciesTable
+
+    z = np.asarray(atomic_numbers)
+    table = getattr(potential, "atomic_numbers", None)
+    return z if table is None else SpeciesTable(table).check(z)

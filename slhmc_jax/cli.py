@@ -44,17 +44,25 @@ def run_quickstart(args) -> int:
     proposal = _water_proposal()
     print(f"SLHMC quickstart: H2O, target PBE/STO-3G (PySCF), proposal harmonic valence model, "
           f"{args.chains} chains x {args.steps} steps at {args.temperature_K} K")
+    import tempfile
+
+    from slhmc_jax.store import LabelStore
+
     start = time.perf_counter()
-    result = slhmc_jax.sample(
-        atoms, proposal, target, temperature_K=args.temperature_K, n_chains=args.chains, n_steps=args.steps,
-        trajectory_steps=10, timestep_fs=0.25, seed=args.seed, checkpoint=args.checkpoint,
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        store = LabelStore(args.store or f"{tmp}/labels.sqlite")
+        result = slhmc_jax.sample(
+            atoms, proposal, target, temperature_K=args.temperature_K, n_chains=args.chains, n_steps=args.steps,
+            trajectory_steps=10, timestep_fs=0.25, seed=args.seed, checkpoint=args.checkpoint, store=store)
+        n_rows = len(store)
     wall = time.perf_counter() - start
-    n_calls = args.chains * args.steps
+    d = result.diagnostics
     rate = np.asarray(result.acceptance_rate)
     r = np.linalg.norm(result.positions[:, :, 1:, :] - result.positions[:, :, :1, :], axis=-1)
     print(f"acceptance rate per chain: {np.round(rate, 3).tolist()} (pooled {rate.mean():.3f})")
-    print(f"DFT calls: {n_calls} (+{args.chains} initial); wall time {wall:.1f} s")
+    print(f"DFT calls: {d.n_target_calls} ({d.n_judged} configurations judged: 1 start structure, "
+          f"{d.burn_in_steps} burn-in and {args.steps} recorded steps x {args.chains} chains; "
+          f"{d.n_from_store} answered from the store); label store rows: {n_rows}; wall time {wall:.1f} s")
     print(f"mean O-H distance {r.mean():.4f} A; mean target energy {result.target_energies.mean():.4f} eV")
     return 0
 
@@ -81,6 +89,7 @@ def main(argv=None) -> int:
     run.add_argument("--temperature-K", dest="temperature_K", type=float, default=300.0)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--checkpoint", default=None, help="checkpoint file (resumes if present)")
+    run.add_argument("--store", default=None, help="label store (SQLite) for every DFT result (default: a temporary file)")
     nb = sub.add_parser("neighbours", help="neighbour statistics of a rutile supercell")
     nb.add_argument("--repeat", type=int, nargs=3, default=[2, 2, 3])
     nb.add_argument("--cutoff", type=float, default=6.0, help="Angstrom")

@@ -1,8 +1,10 @@
 """Evaluate one batch of configurations on a ``concurrent.futures.Executor``.
 
 ``DispatchedTarget(target, executor)`` is itself a Target. Each configuration is one task
-``target.evaluate_one(atoms, dm0)``; the warm-start state (density matrix) travels with the task
-and the converged one comes back with the result, so warm starts survive process boundaries.
+``target.evaluate_one(atoms, warm)`` (the warm-start protocol of :mod:`slhmc_jax.targets.base`):
+the chain's warm-start state travels with the task and the state it leaves comes back with the
+result, kept here per chain (:class:`~slhmc_jax.targets.WarmStarts`), so warm starts survive
+process boundaries and never depend on which worker ran which chain.
 
 Executors:
 - default: a local ``ProcessPoolExecutor`` (spawned processes, so that a parent holding JAX
@@ -32,7 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from slhmc_jax.targets.base import TargetEvaluationError
+from slhmc_jax.targets.base import TargetEvaluationError, WarmStarts, default_chains
 from slhmc_jax.targets.pyscf_target import gpu_available
 
 __all__ = ["DispatchedTarget", "dask_executor", "gpu_available"]
@@ -40,7 +42,7 @@ __all__ = ["DispatchedTarget", "dask_executor", "gpu_available"]
 _LOST_TASK_ERRORS = ("KilledWorker", "CommClosedError", "CancelledError", "FutureCancelledError")
 
 
-def _run_task(target, atoms, dm0, threads):
+def _run_task(target, atoms, warm, threads):
     """Worker side: set the thread count, evaluate one configuration -> (TargetResult, warm state)."""
     if threads:
         try:
@@ -49,7 +51,7 @@ def _run_task(target, atoms, dm0, threads):
             lib.num_threads(threads)
         except ImportError:
             pass
-    return target.evaluate_one(atoms, dm0)
+    return target.evaluate_one(atoms, warm)
 
 
 def dask_executor(address: str | None = None, n_workers: int = 2, threads_per_worker: int = 1):
@@ -72,7 +74,7 @@ class DispatchedTarget:
     """Target that farms out each configuration of a batch to an executor.
 
     Args:
-        target: a target with ``evaluate_one(atoms, dm0) -> (TargetResult, warm state)``
+        target: a target with ``evaluate_one(atoms, warm) -> (TargetResult, warm state)``
             (PySCFTarget, ASETarget) and ``settings()``.
         executor: a concurrent.futures.Executor or a distributed.Client; default: a
             ProcessPoolExecutor(max_workers) owned (and restarted on a crash) by this object.
@@ -86,9 +88,7 @@ class DispatchedTarget:
 
     def __init__(self, target, executor=None, max_workers: int | None = None, threads_per_task: int | None = 1,
                  max_resubmits: int = 3):
-        self.target = copy.copy(target)
-        if hasattr(self.target, "_dm"):
-            self.target._dm = {}  # warm-start state lives here, not in the shipped target
+        self.target = target
         self._own = executor is None
         self._max_workers = max_workers
         self.executor = executor if executor is not None else self._new_pool()
@@ -96,7 +96,7 @@ class DispatchedTarget:
         self.max_resubmits = max_resubmits
         self.warm_start = getattr(target, "warm_start", True)
         self.resubmitted = 0
-        self._dm: dict[int, tuple[Any, Any]] = {}
+        self.warm_starts = WarmStarts()
 
     def _new_pool(self):
         return cf.ProcessPoolExecutor(self._max_workers, mp_context=multiprocessing.get_context("spawn"))
@@ -108,12 +108,20 @@ class DispatchedTarget:
     def compute_forces(self) -> bool:
         return bool(getattr(self.target, "compute_forces", False))
 
+    def with_forces(self) -> "DispatchedTarget":
+        """The same dispatch (same executor, not owned by the copy) of ``target.with_forces()``."""
+        other = copy.copy(self)
+        other.target = self.target.with_forces()
+        other.warm_starts = WarmStarts()
+        other._own = False
+        return other
+
     @property
     def compute_stress(self) -> bool:
         return bool(getattr(self.target, "compute_stress", False))
 
-    def _submit(self, atoms, dm0):
-        args = (_run_task, self.target, atoms, dm0, self.threads_per_task)
+    def _submit(self, atoms, warm):
+        args = (_run_task, self.target, atoms, warm, self.threads_per_task)
         if _is_dask(self.executor):
             return self.executor.submit(*args, pure=False)  # fresh key: a resubmission is a new task
         return self.executor.submit(*args)
@@ -125,15 +133,11 @@ class DispatchedTarget:
             return wait(futures, return_when="FIRST_COMPLETED").done
         return cf.wait(futures, return_when=cf.FIRST_COMPLETED).done
 
-    def evaluate_streaming(self, atoms_list: Sequence[Any], slots: Sequence[int] | None = None):
-        """Yield (j, TargetResult) in completion order; slot slots[j] (default j) is the chain of j."""
-        slots = list(range(len(atoms_list))) if slots is None else list(slots)
-        keys = [tuple(a.get_atomic_numbers()) for a in atoms_list]
-        dm0s = []
-        for k, key in zip(slots, keys):
-            prev = self._dm.get(k, (None, None))
-            dm0s.append(prev[1] if (self.warm_start and prev[0] == key) else None)
-        futs = {self._submit(a, d): j for j, (a, d) in enumerate(zip(atoms_list, dm0s))}
+    def evaluate_streaming(self, atoms_list: Sequence[Any], chains: Sequence[int] | None = None):
+        """Yield (j, TargetResult) in completion order; ``chains[j]`` (default j) is the chain of j."""
+        chains = default_chains(atoms_list, chains)
+        warms = [self.warm_starts.get(c, a) if self.warm_start else None for c, a in zip(chains, atoms_list)]
+        futs = {self._submit(a, w): j for j, (a, w) in enumerate(zip(atoms_list, warms))}
         tries = [0] * len(atoms_list)
 
         def resubmit(j, err):
@@ -141,7 +145,7 @@ class DispatchedTarget:
             if tries[j] > self.max_resubmits:
                 raise RuntimeError(f"configuration {j} lost its worker {tries[j]} times") from err
             self.resubmitted += 1
-            futs[self._submit(atoms_list[j], dm0s[j])] = j
+            futs[self._submit(atoms_list[j], warms[j])] = j
 
         while futs:
             for done in self._wait_first(list(futs)):
@@ -149,7 +153,7 @@ class DispatchedTarget:
                     continue
                 j = futs.pop(done)
                 try:
-                    res, dm = done.result()
+                    res, state = done.result()
                 except TargetEvaluationError as err:
                     err.index = j
                     raise
@@ -164,7 +168,7 @@ class DispatchedTarget:
                         resubmit(j, err)
                         continue
                     raise
-                self._dm[slots[j]] = (keys[j], dm)
+                self.warm_starts.put(chains[j], atoms_list[j], state)
                 yield j, res
 
     def _restart_pool(self, futs, resubmit, err):
@@ -177,9 +181,9 @@ class DispatchedTarget:
             del futs[f]
             resubmit(j, err)
 
-    def evaluate(self, atoms_list: Sequence[Any]):
+    def evaluate(self, atoms_list: Sequence[Any], chains: Sequence[int] | None = None):
         out = [None] * len(atoms_list)
-        for j, r in self.evaluate_streaming(atoms_list):
+        for j, r in self.evaluate_streaming(atoms_list, chains):
             out[j] = r
         return out
 

@@ -40,10 +40,13 @@ class Trajectory(NamedTuple):
         momenta: (n_atoms, 3) amu*A/ASE-time.
         energy_start, energy_end: () ML potential energy at the start and end, eV.
         neighbours: the neighbour list at the end (None without a layout).
-        overflow: () bool, True if any neighbour build overflowed: the trajectory is wrong and
-            must be re-run with a larger layout (``neighbours.reallocate``).
+        overflow: () bool, True if a neighbour build overflowed while the positions were finite:
+            the trajectory is wrong and must be re-run with a larger layout
+            (``neighbours.reallocate_for``). Builds on positions that already blew up (NaN) do
+            not count: such a trajectory is rejected, not re-run.
         max_pairs: () int32, the largest pair count any build of the trajectory found (it can
             exceed the capacity on overflow; the host sizes the new layout from it).
+        max_per_atom: () int32, the largest per-atom pair count any build found (dense slots).
         n_rebuilds: () int32, neighbour-list rebuilds during the trajectory (not counting the
             list passed in).
     """
@@ -55,7 +58,24 @@ class Trajectory(NamedTuple):
     neighbours: object
     overflow: jax.Array
     max_pairs: jax.Array
+    max_per_atom: jax.Array
     n_rebuilds: jax.Array
+
+
+class _ListStats(NamedTuple):
+    """What one force call reports about its neighbour list (per chain in the batch version)."""
+
+    overflow: jax.Array
+    n_pairs: jax.Array
+    max_per_atom: jax.Array
+    rebuilt: jax.Array
+
+
+def _list_stats(nbrs, rebuilt, shape) -> _ListStats:
+    if nbrs is None:
+        zero = jnp.zeros(shape, jnp.int32)
+        return _ListStats(jnp.zeros(shape, bool), zero, zero, zero)
+    return _ListStats(nbrs.overflow, nbrs.n_pairs, nbrs.max_per_atom, rebuilt)
 
 
 def kinetic_energy(momenta, masses):
@@ -68,10 +88,6 @@ def maxwell_boltzmann(key, masses, temperature_K, dtype=jnp.float64):
     kT = KB_EV_PER_K * temperature_K
     z = jax.random.normal(key, (masses.shape[0], 3), dtype)
     return z * jnp.sqrt(masses * kT)[:, None].astype(dtype)
-
-
-def _no_pairs():
-    return jnp.zeros((), jnp.int32)
 
 
 def velocity_verlet(potential, params, positions, momenta, cell, atomic_numbers, masses, n_steps, timestep_fs,
@@ -99,11 +115,9 @@ def velocity_verlet(potential, params, positions, momenta, cell, atomic_numbers,
             rebuilt = nb.needs_rebuild(layout, x, cell, nbrs).astype(jnp.int32)
             nbrs = nb.update(layout, x, cell, nbrs)
         e, f = energy_and_forces(potential, params, x, cell, atomic_numbers, nbrs)
-        ovf = nbrs.overflow if nbrs is not None else jnp.zeros((), bool)
-        pairs = nbrs.n_pairs if nbrs is not None else _no_pairs()
-        return e, f.astype(positions.dtype), nbrs, ovf, pairs, rebuilt
+        return e, f.astype(positions.dtype), nbrs, _list_stats(nbrs, rebuilt, ())
 
-    return _verlet_loop(forces, positions, momenta, neighbours, inv_m, dt, n_steps, ())
+    return _verlet_loop(forces, positions, momenta, neighbours, inv_m, dt, n_steps)
 
 
 def map_chains(fn, chain_batch_size: int | None = None):
@@ -146,29 +160,35 @@ def velocity_verlet_batch(potential, params, positions, momenta, cells, atomic_n
             rebuilt = jax.vmap(lambda xc, c, n: nb.needs_rebuild(layout, xc, c, n))(x, cells, nbrs).astype(jnp.int32)
             nbrs = nb.update_batch(layout, x, cells, nbrs)
         e, f = ef(x, cells, nbrs)
-        ovf = nbrs.overflow if nbrs is not None else jnp.zeros((n_chains,), bool)
-        pairs = nbrs.n_pairs if nbrs is not None else jnp.zeros((n_chains,), jnp.int32)
-        return e, f.astype(positions.dtype), nbrs, ovf, pairs, rebuilt
+        return e, f.astype(positions.dtype), nbrs, _list_stats(nbrs, rebuilt, (n_chains,))
 
-    return _verlet_loop(forces, positions, momenta, neighbours, inv_m, dt, n_steps, (n_chains,))
+    return _verlet_loop(forces, positions, momenta, neighbours, inv_m, dt, n_steps)
 
 
-def _verlet_loop(forces, positions, momenta, neighbours, inv_m, dt, n_steps, counter_shape) -> Trajectory:
+def _verlet_loop(forces, positions, momenta, neighbours, inv_m, dt, n_steps) -> Trajectory:
     """The velocity-Verlet recursion shared by the single- and many-chain integrators.
 
     p <- p + dt/2 F(x);  x <- x + dt p / m;  p <- p + dt/2 F(x), as one ``fori_loop`` over
-    ``n_steps``. ``forces(x, nbrs) -> (E, F, nbrs, overflow, n_pairs, rebuilt)``.
+    ``n_steps``. ``forces(x, nbrs) -> (E, F, nbrs, _ListStats)``. List statistics count only
+    while a chain's positions are finite (see ``Trajectory.overflow``).
     """
-    e0, f0, nbrs0, ovf0, pairs0, _ = forces(positions, neighbours)
+    e0, f0, nbrs0, stats0 = forces(positions, neighbours)
+
+    def merge(total: _ListStats, new: _ListStats, x) -> _ListStats:
+        finite = jnp.all(jnp.isfinite(x), axis=(-2, -1))
+        return _ListStats(total.overflow | (new.overflow & finite),
+                          jnp.where(finite, jnp.maximum(total.n_pairs, new.n_pairs), total.n_pairs),
+                          jnp.where(finite, jnp.maximum(total.max_per_atom, new.max_per_atom), total.max_per_atom),
+                          total.rebuilt + new.rebuilt)
 
     def body(_, carry):
-        x, p, f, e, nbrs, ovf, pairs, n_reb = carry
+        x, p, f, e, nbrs, stats = carry
         p = p + 0.5 * dt * f
         x = x + dt * p * inv_m
-        e, f, nbrs, o, n, r = forces(x, nbrs)
+        e, f, nbrs, new = forces(x, nbrs)
         p = p + 0.5 * dt * f
-        return x, p, f, e, nbrs, ovf | o, jnp.maximum(pairs, n), n_reb + r
+        return x, p, f, e, nbrs, merge(stats, new, x)
 
-    carry = (positions, momenta, f0, e0, nbrs0, ovf0, pairs0, jnp.zeros(counter_shape, jnp.int32))
-    x, p, _, e, nbrs, ovf, pairs, n_reb = jax.lax.fori_loop(0, n_steps, body, carry)
-    return Trajectory(x, p, e0, e, nbrs, ovf, pairs, n_reb)
+    stats0 = stats0._replace(rebuilt=jnp.zeros_like(stats0.rebuilt))
+    x, p, _, e, nbrs, stats = jax.lax.fori_loop(0, n_steps, body, (positions, momenta, f0, e0, nbrs0, stats0))
+    return Trajectory(x, p, e0, e, nbrs, stats.overflow, stats.n_pairs, stats.max_per_atom, stats.rebuilt)

@@ -26,6 +26,16 @@ Search methods:
   O(N^2 n_images).
 - ``"cells"``: a cell list on fractional coordinates (fully periodic cells at least one search
   radius wide in every direction): O(N).
+
+Formats:
+
+- pairs (default): the arrays have shape (capacity,) as described above;
+- dense per-atom (``layout.max_neighbours = K``): the same pairs grouped by receiver into a
+  (n_atoms, K) table, ``receivers[a, k] == a`` for every real slot (receiver-major, as message
+  passing sums them: a model reduces over the K axis with dense matrix products instead of a
+  scatter). The pairs of a row keep the pair order. An atom with more than K pairs sets
+  ``overflow``, like a full pair list; :func:`reallocate` grows K. Flattening the arrays gives a
+  valid (padded) pair list, so any pair-list consumer can read the dense format.
 """
 
 from __future__ import annotations
@@ -48,14 +58,18 @@ _BRUTE_CHUNK_ELEMENTS = 1 << 21  # candidate pairs evaluated per scan step of th
 class Neighbours(NamedTuple):
     """A fixed-capacity pair list (a pytree; vmap adds a leading chain axis to every leaf).
 
+    Shapes are given for the pair format; in the dense format (n_atoms, K) replaces (capacity,).
+
     Attributes:
         senders: (capacity,) int32, atom i of each pair (n_atoms where padded).
         receivers: (capacity,) int32, atom j of each pair (n_atoms where padded).
         shifts: (capacity, 3) int32, integer lattice translation S of each pair.
         mask: (capacity,) bool, True for real pairs.
         n_pairs: () int32, pairs found by the last build (may exceed capacity on overflow).
+        max_per_atom: () int32, the largest number of pairs any atom receives (may exceed K).
         overflow: () bool, True if the last build did not fit the layout (too many pairs,
-            a full cell-list bin, or a cell that shrank below the searched image range).
+            an atom with more than K pairs, a full cell-list bin, or a cell that shrank below
+            the searched image range).
         reference_positions: (n_atoms, 3) positions of the last build, Angstrom.
         reference_cell: (3, 3) cell of the last build, Angstrom.
     """
@@ -65,9 +79,15 @@ class Neighbours(NamedTuple):
     shifts: jax.Array
     mask: jax.Array
     n_pairs: jax.Array
+    max_per_atom: jax.Array
     overflow: jax.Array
     reference_positions: jax.Array
     reference_cell: jax.Array
+
+    @property
+    def is_dense(self) -> bool:
+        """True for the per-atom (n_atoms, K) format (static: read from the array rank)."""
+        return self.mask.ndim - self.reference_positions.ndim == 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +105,8 @@ class NeighbourLayout:
         n_images: brute search: lattice translations searched per direction (0 if not periodic).
         grid: cells search: number of bins along each lattice direction.
         bin_capacity: cells search: maximum atoms per bin.
+        max_neighbours: K of the dense per-atom format (pairs per receiving atom), or None for
+            the pair format.
     """
 
     n_atoms: int
@@ -96,6 +118,7 @@ class NeighbourLayout:
     n_images: tuple[int, int, int] = (0, 0, 0)
     grid: tuple[int, int, int] = (1, 1, 1)
     bin_capacity: int = 0
+    max_neighbours: int | None = None
 
     @property
     def search_radius(self) -> float:
@@ -179,14 +202,47 @@ def edge_vectors(positions: jax.Array, cell: jax.Array, neighbours: Neighbours, 
             cutoff functions vanish there and gradients stay finite).
 
     Returns:
-        (capacity, 3) displacement vectors in the dtype of ``positions``.
+        (capacity, 3) displacement vectors (dense format: (n_atoms, K, 3)) in the dtype of
+        ``positions``.
     """
     n = positions.shape[0]
     i = jnp.minimum(neighbours.senders, n - 1)
     j = jnp.minimum(neighbours.receivers, n - 1)
     d = positions[j] - positions[i] + neighbours.shifts.astype(positions.dtype) @ cell
-    far = jnp.zeros_like(d).at[:, 0].set(fill)
-    return jnp.where(neighbours.mask[:, None], d, far)
+    far = jnp.zeros_like(d).at[..., 0].set(fill)
+    return jnp.where(neighbours.mask[..., None], d, far)
+
+
+def _max_per_atom(receivers, mask, n_atoms: int):
+    """() int32: the largest number of real pairs with the same receiver."""
+    if n_atoms == 0:
+        return jnp.zeros((), jnp.int32)
+    counts = jax.ops.segment_sum(mask.astype(jnp.int32), jnp.where(mask, receivers, 0), num_segments=n_atoms)
+    return jnp.max(counts)
+
+
+def _to_dense(flat: Neighbours, n_atoms: int, max_neighbours: int) -> Neighbours:
+    """The pair list grouped by receiver into (n_atoms, K) slots (pair order kept within a row)."""
+    cap = flat.mask.shape[0]
+    key = jnp.where(flat.mask, flat.receivers, n_atoms)
+    order = jnp.argsort(key, stable=True).astype(jnp.int32)
+    sorted_key = key[order]
+    counts = jax.ops.segment_sum(flat.mask.astype(jnp.int32), jnp.where(flat.mask, flat.receivers, 0), num_segments=n_atoms)
+    starts = jnp.cumsum(counts) - counts
+    rank = jnp.arange(cap, dtype=jnp.int32) - jnp.take(starts, jnp.minimum(sorted_key, n_atoms - 1))
+    row = jnp.where(sorted_key < n_atoms, sorted_key, n_atoms)  # padding rows fall out of bounds (dropped)
+    slot = jnp.full((n_atoms, max_neighbours), cap, jnp.int32).at[row, rank].set(order, mode="drop")
+    mask = slot < cap
+    pick = jnp.minimum(slot, cap - 1)
+    per_atom = jnp.max(counts)
+    return flat._replace(
+        senders=jnp.where(mask, flat.senders[pick], n_atoms),
+        receivers=jnp.where(mask, flat.receivers[pick], n_atoms),
+        shifts=jnp.where(mask[..., None], flat.shifts[pick], 0),
+        mask=mask,
+        max_per_atom=per_atom,
+        overflow=flat.overflow | (per_atom > max_neighbours),
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -206,6 +262,7 @@ def _empty(layout: NeighbourLayout, positions, cell) -> Neighbours:
         shifts=jnp.zeros((cap, 3), jnp.int32),
         mask=jnp.zeros((cap,), bool),
         n_pairs=jnp.zeros((), jnp.int32),
+        max_per_atom=jnp.zeros((), jnp.int32),
         overflow=jnp.zeros((), bool),
         reference_positions=positions,
         reference_cell=cell,
@@ -303,6 +360,7 @@ def _brute_search(cap: int, positions, full, periodic, chunks, n_valid, radius) 
         shifts=shifts,
         mask=mask,
         n_pairs=count,
+        max_per_atom=_max_per_atom(receivers, mask, n),
         overflow=(count > cap) | too_few_images,
         reference_positions=positions,
         reference_cell=full,
@@ -376,6 +434,7 @@ def _build_cells(layout: NeighbourLayout, positions, cell, n_valid=None, radius=
         shifts=S.astype(jnp.int32),
         mask=real,
         n_pairs=count,
+        max_per_atom=_max_per_atom(receivers, real, n),
         overflow=(count > cap) | (jnp.max(counts) > bcap) | bins_too_thin,
         reference_positions=positions,
         reference_cell=cell,
@@ -391,13 +450,18 @@ def build(layout: NeighbourLayout, positions: jax.Array, cell: jax.Array) -> Nei
         cell: (3, 3) Angstrom (rows are lattice vectors).
 
     Returns:
-        Neighbours; check ``overflow`` on the host and call :func:`reallocate` if set.
+        Neighbours (pair or dense format, as the layout says); check ``overflow`` on the host
+        and call :func:`reallocate` if set.
     """
     if layout.n_atoms == 0 or layout.capacity == 0:
-        return _empty(layout, positions, cell)
-    if layout.method == "cells":
-        return _build_cells(layout, positions, cell)
-    return _build_brute(layout, positions, cell)
+        flat = _empty(layout, positions, cell)
+    elif layout.method == "cells":
+        flat = _build_cells(layout, positions, cell)
+    else:
+        flat = _build_brute(layout, positions, cell)
+    if layout.max_neighbours is None or layout.n_atoms == 0:
+        return flat
+    return _to_dense(flat, layout.n_atoms, layout.max_neighbours)
 
 
 def needs_rebuild(layout: NeighbourLayout, positions: jax.Array, cell: jax.Array, neighbours: Neighbours):
@@ -530,6 +594,7 @@ def allocate(
     method: str = "auto",
     capacity_factor: float = 1.25,
     batch: bool = False,
+    max_neighbours: int | str | None = None,
 ) -> tuple[NeighbourLayout, Neighbours]:
     """Choose a layout on the host and build the list (jax-md's ``allocate``).
 
@@ -542,6 +607,8 @@ def allocate(
         method: "auto", "brute" or "cells".
         capacity_factor: headroom over the pairs found now (> 1 leaves room for fluctuations).
         batch: positions and cells carry a leading chain axis; one layout serves all chains.
+        max_neighbours: None (pair format), K (dense per-atom format with K slots), or "auto"
+            (dense, K from the fullest atom now with the same headroom as the pair capacity).
 
     Returns:
         (layout, neighbours); neighbours has a leading chain axis with ``batch=True``.
@@ -550,6 +617,8 @@ def allocate(
         raise ValueError(f"skin must be a finite non-negative distance in Angstrom; got {skin}")
     if capacity_factor < 1:
         raise ValueError(f"capacity_factor must be >= 1; got {capacity_factor}")
+    if not (max_neighbours is None or max_neighbours == "auto" or (int(max_neighbours) == max_neighbours and max_neighbours >= 1)):
+        raise ValueError(f"max_neighbours must be None, 'auto' or a positive integer; got {max_neighbours!r}")
     pos_all = np.asarray(positions, np.float64)
     cell_all = np.asarray(cell, np.float64)
     if batch:
@@ -568,6 +637,9 @@ def allocate(
     layout = _choose_layout(p0, c0, pbc_t, cutoff, skin, method, capacity, 0)
     if batch:
         layout = _merge_layouts([_choose_layout(p, c, pbc_t, cutoff, skin, layout.method, capacity, 0) for p, c, _ in pairs])
+    if max_neighbours is not None:
+        # "auto" starts from one slot: the first build reports the fullest atom and K grows to it
+        layout = dataclasses.replace(layout, max_neighbours=1 if max_neighbours == "auto" else int(max_neighbours))
     return reallocate(layout, pos_all, cell_all, capacity_factor=capacity_factor, batch=batch)
 
 
@@ -595,6 +667,14 @@ def _merge_layouts(layouts: list[NeighbourLayout]) -> NeighbourLayout:
     return dataclasses.replace(first, n_images=n_images, grid=grid, bin_capacity=bcap, capacity=cap)
 
 
+def with_headroom(count: int, capacity_factor: float = 1.25) -> int:
+    """The capacity to allocate for ``count`` items: ceil(capacity_factor * count) + 2.
+
+    The one growth rule of every capacity here (pairs, slots per atom); a bin capacity uses it too.
+    """
+    return int(math.ceil(capacity_factor * int(count))) + 2
+
+
 def reallocate(
     layout: NeighbourLayout,
     positions,
@@ -606,8 +686,9 @@ def reallocate(
 ) -> tuple[NeighbourLayout, Neighbours]:
     """Rebuild on the host, growing the layout until nothing overflows (no pair is ever lost).
 
-    Grows the pair capacity to ``capacity_factor * n_pairs``, the bin capacity for a full bin,
-    and the image range or grid for a cell that changed shape.
+    Grows the pair capacity and the dense slots per atom (:func:`with_headroom` of the counts
+    found), the bin capacity for a full bin, and the image range or grid for a cell that
+    changed shape.
     """
     positions = jnp.asarray(positions)
     cell = jnp.asarray(cell)
@@ -617,11 +698,33 @@ def reallocate(
         overflow = np.asarray(nbrs.overflow)
         if not overflow.any():
             return layout, nbrs
-        layout = _grown(layout, np.asarray(positions), np.asarray(cell), np.asarray(nbrs.n_pairs), capacity_factor, batch)
+        layout = _grown(layout, np.asarray(positions), np.asarray(cell), np.max(np.asarray(nbrs.n_pairs)),
+                        np.max(np.asarray(nbrs.max_per_atom)), capacity_factor, batch)
     raise RuntimeError(f"neighbour list still overflows after {max_tries} reallocations: {layout}")
 
 
-def _grown(layout, positions, cell, n_pairs, capacity_factor, batch) -> NeighbourLayout:
+def reallocate_for(layout: NeighbourLayout, positions, cell, seen_pairs: int, seen_per_atom: int, *,
+                   capacity_factor: float = 1.25, batch: bool = False) -> NeighbourLayout:
+    """A layout for lists that overflowed somewhere inside a trajectory started at ``positions``.
+
+    ``seen_pairs`` and ``seen_per_atom`` are the largest ``n_pairs`` and ``max_per_atom`` any
+    build of the trajectory reported (they are exact even on overflow); the layout grows to hold
+    them and whatever the start needs. If that changes nothing, the overflow came from something
+    the counts do not show (a cell-list bin that filled up, too few images): the bin capacity
+    doubles, or one more image is searched along each periodic direction.
+    """
+    new, _ = reallocate(layout, positions, cell, capacity_factor=capacity_factor, batch=batch)
+    grown = _grown(new, np.asarray(positions), np.asarray(cell), int(seen_pairs),
+                   int(seen_per_atom), capacity_factor, batch)
+    if grown == layout:
+        if layout.method == "cells":
+            grown = dataclasses.replace(grown, bin_capacity=2 * layout.bin_capacity)
+        else:
+            grown = dataclasses.replace(grown, n_images=tuple(n + 1 if p else 0 for n, p in zip(layout.n_images, layout.pbc)))
+    return grown
+
+
+def _grown(layout, positions, cell, n_pairs, per_atom, capacity_factor, batch) -> NeighbourLayout:
     pos_list = positions if batch else positions[None]
     cell_list = cell if batch else cell[None]
     fresh = _merge_layouts(
@@ -630,7 +733,10 @@ def _grown(layout, positions, cell, n_pairs, capacity_factor, batch) -> Neighbou
             for p, c in zip(pos_list, cell_list)
         ]
     )
-    capacity = max(layout.capacity, int(math.ceil(capacity_factor * int(np.max(n_pairs)))) + 1)
+    capacity = max(layout.capacity, with_headroom(n_pairs, capacity_factor))
+    if layout.max_neighbours is not None and per_atom > layout.max_neighbours:
+        layout = dataclasses.replace(layout, max_neighbours=with_headroom(per_atom, capacity_factor))
+    fresh = dataclasses.replace(fresh, max_neighbours=layout.max_neighbours)
     if layout.method == "cells" and fresh.method == "cells":
         grid = tuple(min(a, b) for a, b in zip(layout.grid, fresh.grid))
         bcap = max(layout.bin_capacity, fresh.bin_capacity)
@@ -668,7 +774,7 @@ def _bin_capacity(positions, cell, grid) -> int:
     b3 = np.clip(np.floor(frac * np.array(grid)).astype(int), 0, np.array(grid) - 1)
     ids = (b3[:, 0] * grid[1] + b3[:, 1]) * grid[2] + b3[:, 2]
     max_count = int(np.bincount(ids, minlength=int(np.prod(grid))).max()) if len(ids) else 0
-    return int(math.ceil(1.25 * max_count)) + 2
+    return with_headroom(max_count)
 
 
 def _padded_build(layout: NeighbourLayout, positions, full, periodic, chunks, n_valid, radius) -> Neighbours:

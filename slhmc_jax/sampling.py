@@ -2,122 +2,322 @@
 
 One Metropolis step for all chains:
 
-1. one compiled call (:func:`slhmc_jax.hmc.propose_batch`, sharded over the chain axis when
-   there are several local devices) draws momenta and runs the ML trajectories; if any
-   neighbour list overflowed, the host grows the layout (``neighbours.reallocate``) and re-runs
-   the same trajectories (same keys): an overflowed trajectory is never used;
-2. the host sends the batch of proposed configurations to the target in one query;
-3. one compiled call applies the Metropolis test of every chain (float64).
+1. propose: one compiled call (:func:`slhmc_jax.hmc.hmc_kernel`) draws momenta and runs the ML
+   trajectories of every chain; if a neighbour list overflowed, the layout grows
+   (``neighbours.reallocate_for``) and the same trajectories are re-run (same keys): an
+   overflowed trajectory is never used;
+2. judge: the host sends the proposed configurations to the target in one batched query
+   (:class:`slhmc_jax.judge.Judge`: label store, retries, failure policy); a divergent trajectory
+   (non-finite, or an ML energy error above ``hmc.DIVERGENCE_KT`` kT) is rejected without a target
+   call, and does not grow the neighbour layout;
+3. accept: one compiled call applies the Metropolis test of every chain (float64);
+4. record: warm-up tuning (:mod:`slhmc_jax.adaptation`), the production record, the checkpoint
+   (:mod:`slhmc_jax.checkpoint`).
 
-NPT alternates (step by step) such a move with a cell move (:func:`slhmc_jax.hmc.propose_cell`).
+NPT alternates (step by step) such a move with a cell move (:func:`slhmc_jax.hmc.cell_kernel`).
 
-Checkpoints (``checkpoint=path``): ``path`` is a small state file (chain states with their RNG
-keys and energies, counters, tuned timestep and trajectory length, neighbour layout), replaced
-atomically (write, fsync, ``os.replace``) after every step, warm-up included; the recorded
-samples go to ``path + ".records"``, an append-only file of fixed-size binary records (one per
-production step, fsynced before the state file is replaced). Each step costs O(1) I/O. On
-resume the records file is truncated to the number of steps the state file counts, so a kill
-at any instant (even between the two writes) resumes bit-identically.
+A run has three phases: warm-up (``warmup_steps``, dt and L tuned, nothing recorded), burn-in
+(``burn_in_steps``, fixed dt and L, nothing recorded) and production (``n_steps``, recorded).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import math
 import os
-import pickle
+import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slhmc_jax import adaptation as adapt
 from slhmc_jax import hmc
 from slhmc_jax import neighbours as nb
-from slhmc_jax.integrators import KB_EV_PER_K
-from slhmc_jax.targets.base import TargetEvaluationError
+from slhmc_jax.calculator import check_species
+from slhmc_jax.checkpoint import Checkpoint
+from slhmc_jax.judge import FAILURE_POLICIES, Judge
 
-EV_PER_A3_IN_GPA = 160.21766208
-_CHECKPOINT_VERSION = 2
+ENSEMBLES = ("nvt", "npt", "npt_orthorhombic")
+_CHECKPOINT_VERSION = 3
 _MAX_REALLOCATIONS = 10
+# a warning is given when more than this fraction of a chain's trajectories diverged
+DIVERGENT_WARNING_FRACTION = 0.01
 
 
-@dataclasses.dataclass
+# ----------------------------------------------------------------------------------------
+# settings
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSettings:
+    """Everything that defines an SLHMC run (validated on construction; a checkpoint compares it).
+
+    Attributes:
+        temperature_K: K (> 0).
+        n_chains: chains run side by side (>= 1).
+        n_steps: recorded production Metropolis steps per chain (>= 1).
+        trajectory_steps: velocity-Verlet steps L of each ML trajectory (>= 1; the start value
+            when warm-up tunes it).
+        timestep_fs: velocity-Verlet step dt, fs (> 0; the start value when warm-up tunes it).
+        seed: integer seed of every random draw.
+        ensemble: "nvt", "npt" (isotropic cell moves) or "npt_orthorhombic" (a, b, c independently).
+        pressure_GPa: GPa, required for NPT.
+        warmup_steps: steps that tune dt and L (not recorded; >= 0).
+        burn_in_steps: steps at the final dt and L that are not recorded; None: 0 after a
+            warm-up, else 10% of ``n_steps`` (at least 1), so the start structure is not kept.
+        target_acceptance: the acceptance warm-up aims at, in (0, 1).
+        max_trajectory_steps: upper bound of the tuned L (default 4 x trajectory_steps).
+        max_log_cell_step: largest change of ln V (or each ln length) of a cell move (> 0).
+        skin_A: Verlet skin of the proposal's neighbour list, A (>= 0).
+        on_failure: "raise" or "reject" (:mod:`slhmc_jax.judge`).
+        max_retries: retries of a failed target evaluation (>= 0).
+    """
+
+    temperature_K: float
+    n_chains: int
+    n_steps: int
+    trajectory_steps: int
+    timestep_fs: float
+    seed: int
+    ensemble: str = "nvt"
+    pressure_GPa: float | None = None
+    warmup_steps: int = 0
+    burn_in_steps: int | None = None
+    target_acceptance: float = 0.65
+    max_trajectory_steps: int | None = None
+    max_log_cell_step: float = 0.05
+    skin_A: float = 0.5
+    on_failure: str = "raise"
+    max_retries: int = 2
+
+    # fields a resumed run may change: the run length and how failures are handled
+    RESUMABLE_CHANGES = ("n_steps", "on_failure", "max_retries")
+
+    def __post_init__(self):
+        def positive_int(name, allow_zero=False):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if allow_zero else 1):
+                raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} integer; got {v!r}")
+            object.__setattr__(self, name, int(v))
+
+        def positive_float(name):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not np.isfinite(v) or v <= 0:
+                raise ValueError(f"{name} must be a positive number; got {v!r}")
+            object.__setattr__(self, name, float(v))
+
+        positive_float("temperature_K")
+        for name in ("n_chains", "n_steps", "trajectory_steps"):
+            positive_int(name)
+        positive_float("timestep_fs")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
+            raise ValueError(f"seed must be an integer; got {self.seed!r}")
+        if self.ensemble not in ENSEMBLES:
+            raise ValueError(f"ensemble must be one of {ENSEMBLES} ('npt' is isotropic); got {self.ensemble!r}")
+        if self.ensemble != "nvt":
+            if self.pressure_GPa is None:
+                raise ValueError(f"pressure_GPa is required for ensemble={self.ensemble!r}")
+            if not np.isfinite(self.pressure_GPa):
+                raise ValueError(f"pressure_GPa must be a finite number; got {self.pressure_GPa!r}")
+            object.__setattr__(self, "pressure_GPa", float(self.pressure_GPa))
+        elif self.pressure_GPa is not None:
+            raise ValueError("pressure_GPa is given but ensemble='nvt' (choose 'npt' or 'npt_orthorhombic')")
+        positive_int("warmup_steps", allow_zero=True)
+        if self.burn_in_steps is not None:
+            positive_int("burn_in_steps", allow_zero=True)
+        if not 0 < self.target_acceptance < 1:
+            raise ValueError(f"target_acceptance must be in (0, 1); got {self.target_acceptance!r}")
+        if self.max_trajectory_steps is not None:
+            positive_int("max_trajectory_steps")
+        positive_float("max_log_cell_step")
+        if not (np.isfinite(self.skin_A) and self.skin_A >= 0):
+            raise ValueError(f"skin_A must be a finite non-negative distance in A; got {self.skin_A!r}")
+        object.__setattr__(self, "skin_A", float(self.skin_A))
+        if self.on_failure not in FAILURE_POLICIES:
+            raise ValueError(f"on_failure must be one of {FAILURE_POLICIES}; got {self.on_failure!r}")
+        positive_int("max_retries", allow_zero=True)
+
+    @property
+    def n_burn_in(self) -> int:
+        """Unrecorded steps at fixed dt and L after the warm-up (see ``burn_in_steps``)."""
+        if self.burn_in_steps is not None:
+            return self.burn_in_steps
+        return 0 if self.warmup_steps else max(1, round(0.1 * self.n_steps))
+
+    @property
+    def max_trajectory(self) -> int:
+        return self.max_trajectory_steps or 4 * self.trajectory_steps
+
+    def differences(self, other: "SamplerSettings") -> dict:
+        """{field: (self, other)} of the chain-defining fields that differ (resumable ones excluded)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if f.name not in self.RESUMABLE_CHANGES and a != b:
+                out[f.name] = (a, b)
+        return out
+
+
+# ----------------------------------------------------------------------------------------
+# results
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerDiagnostics:
+    """What a run measured about itself.
+
+    Attributes:
+        mcmc: acceptance, ESS, IAT and R-hat (:class:`slhmc_jax.diagnostics.MCMCDiagnostics`) of the
+            production samples: target energy (eV), and for NPT volume (A^3) and cell lengths a, b, c (A).
+        timestep_fs, trajectory_steps: the production dt (fs) and L.
+        ml_energy_error_eV: (n_chains, n_steps) ML-trajectory energy error (0 on cell moves,
+            NaN for a divergent trajectory).
+        acceptance_probability: (n_chains, n_steps) Metropolis probabilities.
+        move: (n_steps,) 0 = HMC move, 1 = cell move.
+        production_timestep_fs, production_trajectory_steps: (n_steps,) what each step used.
+        warmup: the tuning steps (:class:`slhmc_jax.adaptation.WarmupStep`).
+        warmup_steps, burn_in_steps: unrecorded steps before production (tuning / fixed).
+        neighbour_reallocations: layout growths after an overflow.
+        max_neighbours: slots per atom of the dense neighbour format (None: pair format).
+        n_judged: configurations judged (target or store), the cost of the run without a store.
+        n_target_calls: configurations the target evaluated (this process and earlier segments).
+        n_from_store: configurations answered from the label store (this process).
+        n_failed: evaluations given up on (``on_failure="reject"``).
+        divergent_trajectories: (n_chains,) divergent ML trajectories (rejected without a target
+            call), warm-up and burn-in included.
+    """
+
+    mcmc: Any
+    timestep_fs: float
+    trajectory_steps: int
+    ml_energy_error_eV: np.ndarray
+    acceptance_probability: np.ndarray
+    move: np.ndarray
+    production_timestep_fs: np.ndarray
+    production_trajectory_steps: np.ndarray
+    warmup: tuple
+    warmup_steps: int
+    burn_in_steps: int
+    neighbour_reallocations: int
+    max_neighbours: int | None
+    n_judged: int
+    n_target_calls: int
+    n_from_store: int
+    n_failed: int
+    divergent_trajectories: np.ndarray
+
+    @property
+    def acceptance(self) -> float:
+        return self.mcmc.acceptance
+
+
+class ChainFrames(Sequence):
+    """The recorded states of one chain as ase.Atoms (built on access) with the target energy."""
+
+    def __init__(self, result: "SampleResult", chain: int):
+        self._result, self._chain = result, chain
+
+    def __len__(self) -> int:
+        return self._result.positions.shape[1]
+
+    def __getitem__(self, step):
+        if isinstance(step, slice):
+            return [self[i] for i in range(*step.indices(len(self)))]
+        return self._result.atoms_at(self._chain, step)
+
+
+@dataclasses.dataclass(frozen=True)
 class SampleResult:
-    """The production samples of every chain (warm-up steps are not recorded).
+    """The production samples of every chain (warm-up and burn-in steps are not recorded).
 
     Attributes:
         positions: (n_chains, n_steps, n_atoms, 3) Angstrom.
         cells: (n_chains, n_steps, 3, 3) Angstrom.
         target_energies: (n_chains, n_steps) eV.
-        acceptance_rate: (n_chains,) over all production moves (HMC and cell moves).
-        samples: list per chain of ase.Atoms with a SinglePointCalculator carrying the target energy.
-        diagnostics: ``acceptance``, ``acceptance_per_chain``, ``mcmc`` (:class:`slhmc_jax.diagnostics.MCMCDiagnostics`), ``ess``, ``iat``, ``rhat`` of the target energy, plus
-            ``timestep_fs`` and ``trajectory_steps`` (the fixed production values),
-            ``ml_energy_error_eV`` (n_chains, n_steps; 0 on cell moves), ``move``
-            (n_steps,) 0 = HMC, 1 = cell move, ``warmup`` (tuning history),
-            ``neighbour_reallocations``, ``edge_slots`` (final slots per atom, None without)
-            and ``edge_slot_regrowths``.
+        accepted: (n_chains, n_steps) bool, the Metropolis decision of each step.
+        acceptance_rate: (n_chains,) over all production moves.
+        hmc_acceptance_rate: (n_chains,) over the HMC moves.
+        cell_acceptance_rate: (n_chains,) over the cell moves (None for NVT).
+        store_keys: (n_chains, n_steps) label-store key of each recorded state (str).
+        atomic_numbers: (n_atoms,). pbc: (3,) bool.
+        diagnostics: :class:`SamplerDiagnostics`.
         proposal_hash: sha256 of the frozen proposal parameters.
     """
 
     positions: np.ndarray
     cells: np.ndarray
     target_energies: np.ndarray
+    accepted: np.ndarray
     acceptance_rate: np.ndarray
-    samples: list
-    diagnostics: dict
+    hmc_acceptance_rate: np.ndarray
+    cell_acceptance_rate: np.ndarray | None
+    store_keys: np.ndarray
+    atomic_numbers: np.ndarray
+    pbc: np.ndarray
+    diagnostics: SamplerDiagnostics
     proposal_hash: str
 
+    @property
+    def samples(self) -> list[ChainFrames]:
+        """Per chain, the recorded states as ase.Atoms carrying the target energy (built lazily)."""
+        return [ChainFrames(self, c) for c in range(self.positions.shape[0])]
 
-def proposal_hash(params) -> str:
-    """sha256 over the parameter pytree leaves' bytes, shapes and dtypes."""
-    h = hashlib.sha256()
-    for leaf in jax.tree_util.tree_leaves(params):
-        a = np.asarray(leaf)
-        h.update(str((a.shape, a.dtype.str)).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
+    def atoms_at(self, chain: int, step: int):
+        """The state of ``chain`` after production step ``step`` as ase.Atoms with its target energy."""
+        import ase
+        from ase.calculators.singlepoint import SinglePointCalculator
 
-
-def _as_target(target):
-    """Target / callable(list of Atoms) -> energies, or an ASE calculator, as one batch function."""
-    if hasattr(target, "get_potential_energy") and not callable(target):
-        def evaluate(atoms_list):
-            out = []
-            for a in atoms_list:
-                a = a.copy()
-                a.calc = target
-                out.append(a.get_potential_energy())
-            return np.asarray(out, np.float64)
-        return evaluate
-    if callable(target):
-        return lambda atoms_list: np.asarray(target(atoms_list), np.float64).reshape(len(atoms_list))
-    raise ValueError(f"target must be a slhmc_jax Target, an ASE calculator or a callable on a list of Atoms; got {type(target)}")
+        a = ase.Atoms(numbers=self.atomic_numbers, positions=self.positions[chain, step], cell=self.cells[chain, step],
+                      pbc=self.pbc)
+        a.calc = SinglePointCalculator(a, energy=float(self.target_energies[chain, step]))
+        a.info["store_key"] = str(self.store_keys[chain, step])
+        return a
 
 
-def _atoms_list(template, positions, cells):
-    out = []
-    for x, c in zip(positions, cells):
-        a = template.copy()
-        a.calc = None
-        a.positions = np.asarray(x, np.float64)
-        a.cell = np.asarray(c, np.float64)
-        out.append(a)
-    return out
+# ----------------------------------------------------------------------------------------
+# driver state
 
 
-def _evaluate_batch(evaluate, configs, max_retries, on_failure, n_chains):
-    """Retry transient TargetEvaluationError; then raise, or return +inf energies (reject)."""
-    for attempt in range(max_retries + 1):
-        try:
-            return evaluate(configs)
-        except TargetEvaluationError:
-            if attempt == max_retries and on_failure == "raise":
-                raise
-    return np.full(n_chains, np.inf)
+@dataclasses.dataclass(frozen=True)
+class DriverState:
+    """The sampler between two steps (what the checkpoint holds).
+
+    Attributes:
+        chains: the chain states (numpy leaves in a checkpoint).
+        adaptation: dt / L tuning state; timestep_fs, trajectory_steps: the production values
+            (fixed when the warm-up ends).
+        layout: the proposal's neighbour layout (None without a cutoff).
+        n_warmup, n_burn_in, n_recorded: steps done in each phase.
+        keys: (n_chains,) store keys of the chains' current states.
+        n_judged, n_target_calls, n_failed, n_reallocations: counters (target calls of earlier
+            segments of a resumed run included).
+        divergent: (n_chains,) divergent trajectories per chain.
+    """
+
+    version: int
+    settings: SamplerSettings
+    proposal_hash: str
+    chains: hmc.ChainState
+    adaptation: adapt.AdaptationState
+    timestep_fs: float
+    trajectory_steps: int
+    layout: nb.NeighbourLayout | None
+    n_warmup: int
+    n_burn_in: int
+    n_recorded: int
+    keys: np.ndarray
+    n_judged: int
+    n_target_calls: int
+    n_failed: int
+    n_reallocations: int
+    divergent: np.ndarray
+
+    def replace(self, **kw) -> "DriverState":
+        return dataclasses.replace(self, **kw)
 
 
 def _record_dtype(n_chains: int, n_atoms: int) -> np.dtype:
@@ -129,54 +329,21 @@ def _record_dtype(n_chains: int, n_atoms: int) -> np.dtype:
         ("accepted", "?", (n_chains,)),
         ("probability", "<f8", (n_chains,)),
         ("ml_energy_error", "<f8", (n_chains,)),
+        ("keys", "S64", (n_chains,)),
         ("move", "<i1"),
         ("timestep_fs", "<f8"),
         ("trajectory_steps", "<i8"),
     ])
 
 
-class _Checkpoint:
-    """State file (replaced atomically) + append-only records file (see the module docstring)."""
-
-    def __init__(self, path, dtype: np.dtype):
-        self.path = os.fspath(path)
-        self.records_path = self.path + ".records"
-        self.dtype = dtype
-
-    def exists(self) -> bool:
-        return os.path.exists(self.path)
-
-    def load(self) -> tuple[dict, list]:
-        with open(self.path, "rb") as f:
-            host = pickle.load(f)
-        n = host["n_recorded"]
-        size = self.dtype.itemsize
-        records = []
-        if n:
-            with open(self.records_path, "r+b") as f:
-                f.truncate(n * size)  # drop a record written after the last state file (kill in between)
-                data = np.frombuffer(f.read(n * size), dtype=self.dtype)
-            if data.shape[0] != n:
-                raise ValueError(f"checkpoint records file {self.records_path} holds {data.shape[0]} steps; the state file counts {n}")
-            records = [data[i].copy() for i in range(n)]
-        elif os.path.exists(self.records_path):
-            with open(self.records_path, "r+b") as f:
-                f.truncate(0)
-        return host, records
-
-    def append(self, record: np.ndarray) -> None:
-        with open(self.records_path, "ab") as f:
-            f.write(record.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-
-    def save(self, host: dict) -> None:
-        tmp = f"{self.path}.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
-            pickle.dump(host, f, protocol=pickle.HIGHEST_PROTOCOL)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+def proposal_hash(params) -> str:
+    """sha256 over the parameter pytree leaves' bytes, shapes and dtypes."""
+    h = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(params):
+        a = np.asarray(leaf)
+        h.update(str((a.shape, a.dtype.str)).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
 
 
 def _chain_sharding(n_chains: int):
@@ -196,422 +363,363 @@ def shard_chains(tree, n_chains: int):
     return jax.tree_util.tree_map(lambda a: jax.device_put(a, sharding), tree)
 
 
-def _grow_layout(layout, states, prop):
-    """A larger layout after a trajectory overflowed (capacity from the largest pair count seen)."""
-    new, _ = nb.reallocate(layout, np.asarray(states.positions), np.asarray(states.cell), batch=True)
-    need = int(math.ceil(1.25 * int(np.max(np.asarray(prop.max_pairs))))) + 1
-    repl = {"capacity": max(new.capacity, need)}
-    if new == layout and repl["capacity"] == layout.capacity:
-        # nothing explained by the pair count or the start cells: a bin filled up mid-trajectory
-        if layout.method == "cells":
-            repl["bin_capacity"] = 2 * layout.bin_capacity
+# ----------------------------------------------------------------------------------------
+# the driver
+
+
+class _Driver:
+    """The imperative shell around the kernels: inputs checked once, kernels, judge, checkpoint."""
+
+    def __init__(self, atoms, proposal, target, settings: SamplerSettings, store, labels, checkpoint, neighbour_layout):
+        self.settings = settings
+        self.starts = _start_structures(atoms, settings.n_chains)
+        self.template = self.starts[0]
+        self.proposal = _load_proposal(proposal)
+        check_species(self.proposal, self.template.numbers)
+        self.params = self.proposal.params
+        self.phash = proposal_hash(self.params)
+        self.numbers = np.asarray(self.template.numbers)
+        self.masses = np.asarray(self.template.get_masses())
+        self.pbc = np.asarray(self.template.pbc, bool)
+        if settings.ensemble != "nvt" and not self.pbc.all():
+            raise ValueError(f"ensemble={settings.ensemble!r} needs a fully periodic structure; pbc is {self.pbc.tolist()}")
+        if checkpoint is not None and store is None:
+            store = os.fspath(checkpoint) + ".labels.sqlite"  # a resumed run must not repeat a target call
+        self.judge = Judge(target, store, labels=labels, max_retries=settings.max_retries, on_failure=settings.on_failure)
+        self.record_dtype = _record_dtype(settings.n_chains, len(self.template))
+        self.checkpoint = None if checkpoint is None else Checkpoint(checkpoint, self.record_dtype)
+        self.neighbour_layout = neighbour_layout
+        self.adaptation = adapt.timestep_and_length(settings.target_acceptance, settings.max_trajectory,
+                                                    10.0 * settings.timestep_fs)
+        self.cell_moves = None
+        if settings.ensemble != "nvt":
+            mode = "orthorhombic" if settings.ensemble == "npt_orthorhombic" else "isotropic"
+            self.cell_moves = hmc.cell_kernel(settings.temperature_K, settings.pressure_GPa, settings.max_log_cell_step, mode)
+        self._hmc_kernels: dict = {}
+        self.calls_before = 0  # target calls of earlier segments of a resumed run
+
+    # ---- start / resume
+
+    def start(self) -> tuple[DriverState, list]:
+        """The state to continue from: the checkpoint's, or fresh chains at the start structures."""
+        s = self.settings
+        if self.checkpoint is not None and self.checkpoint.exists():
+            state, records = self.checkpoint.load()
+            if getattr(state, "version", None) != _CHECKPOINT_VERSION:
+                raise ValueError(f"checkpoint {self.checkpoint.path} has version {getattr(state, 'version', None)}; "
+                                 f"expected {_CHECKPOINT_VERSION}")
+            if state.proposal_hash != self.phash:
+                raise ValueError("checkpoint was written with other proposal parameters (hash differs)")
+            diff = state.settings.differences(s)
+            if diff:
+                raise ValueError(f"checkpoint was written with other settings (saved, now): {diff}")
+            chains = hmc.ChainState(*(jnp.asarray(a) for a in state.chains))
+            state = state.replace(chains=chains, settings=s)
         else:
-            repl["n_images"] = tuple(n + 1 if p else 0 for n, p in zip(layout.n_images, layout.pbc))
-    return dataclasses.replace(new, **repl)
+            verdict = self.judge([a.copy() for a in self.starts], list(range(s.n_chains)))
+            if verdict.failed.any():
+                raise ValueError(f"the target could not evaluate the start structure of chain(s) "
+                                 f"{np.flatnonzero(verdict.failed).tolist()}")
+            x0 = np.stack([a.positions for a in self.starts])
+            c0 = np.stack([a.cell.array for a in self.starts])
+            chains = hmc.init(x0, c0, verdict.energies_eV, s.seed)
+            state = DriverState(
+                version=_CHECKPOINT_VERSION, settings=s, proposal_hash=self.phash, chains=chains,
+                adaptation=self.adaptation.init(s.timestep_fs, s.trajectory_steps), timestep_fs=s.timestep_fs,
+                trajectory_steps=s.trajectory_steps, layout=self._initial_layout(x0, c0), n_warmup=0, n_burn_in=0,
+                n_recorded=0, keys=verdict.keys, n_judged=len(set(verdict.keys.tolist())),
+                n_target_calls=self.judge.n_target_calls, n_failed=0, n_reallocations=0,
+                divergent=np.zeros(s.n_chains, np.int64))
+            records = []
+        self.calls_before = state.n_target_calls - self.judge.n_target_calls
+        return state.replace(chains=shard_chains(state.chains, s.n_chains)), records
+
+    def _initial_layout(self, x0, c0):
+        if self.neighbour_layout is not None:
+            return self.neighbour_layout
+        if self.proposal.cutoff is None:
+            return None
+        dense = "auto" if getattr(self.proposal, "prefers_dense_neighbours", False) else None
+        layout, _ = nb.allocate(x0, c0, tuple(self.pbc.tolist()), float(self.proposal.cutoff), self.settings.skin_A,
+                                batch=True, max_neighbours=dense)
+        return layout
+
+    # ---- the phases of the run
+
+    def total_steps(self) -> int:
+        s = self.settings
+        return s.warmup_steps + s.n_burn_in + s.n_steps
+
+    def steps_done(self, state: DriverState) -> int:
+        return state.n_warmup + state.n_burn_in + state.n_recorded
+
+    def phase(self, state: DriverState) -> tuple[str, int]:
+        """("warmup" | "burn_in" | "production", index of the step within its phase)."""
+        s = self.settings
+        if state.n_warmup < s.warmup_steps:
+            return "warmup", state.n_warmup
+        if state.n_burn_in < s.n_burn_in:
+            return "burn_in", state.n_burn_in
+        return "production", state.n_recorded
+
+    def is_cell_move(self, state: DriverState) -> bool:
+        return self.cell_moves is not None and self.phase(state)[1] % 2 == 1
+
+    def dt_and_length(self, state: DriverState) -> tuple[float, int]:
+        if self.phase(state)[0] == "warmup":
+            return self.adaptation.parameters(state.adaptation)
+        return state.timestep_fs, state.trajectory_steps
+
+    # ---- propose
+
+    def _hmc_kernel(self, layout):
+        if layout not in self._hmc_kernels:
+            self._hmc_kernels[layout] = hmc.hmc_kernel(self.proposal, self.numbers, self.masses,
+                                                       self.settings.temperature_K, layout=layout)
+        return self._hmc_kernels[layout]
+
+    def propose_hmc(self, state: DriverState) -> tuple[DriverState, hmc.Proposal, np.ndarray]:
+        """The ML trajectories of all chains, re-run with a grown layout until none overflowed.
+
+        A divergent trajectory never grows the layout (its neighbour demand is the blow-up's, and
+        it is rejected anyway; when its list also overflowed, the divergence is judged on the
+        overflowed list).
+
+        Returns (state, proposal, judged): ``judged`` (n_chains,) bool marks the chains whose
+        proposal goes to the target (not divergent, no overflow).
+        """
+        dt, n_traj = self.dt_and_length(state)
+        for _ in range(_MAX_REALLOCATIONS + 1):
+            prop = self._hmc_kernel(state.layout).propose(state.chains, self.params, dt, n_traj)
+            overflow, divergent = np.asarray(prop.overflow), np.asarray(prop.divergent)
+            grow = overflow & ~divergent
+            if not grow.any():
+                return state, prop, ~(overflow | divergent)
+            layout = nb.reallocate_for(state.layout, np.asarray(state.chains.positions), np.asarray(state.chains.cell),
+                                       int(np.max(np.asarray(prop.max_pairs)[grow])),
+                                       int(np.max(np.asarray(prop.max_per_atom)[grow])),
+                                       capacity_factor=1.25, batch=True)
+            state = state.replace(layout=layout, n_reallocations=state.n_reallocations + 1)
+        raise RuntimeError(f"neighbour list still overflows after {_MAX_REALLOCATIONS} reallocations: {state.layout}")
+
+    # ---- judge
+
+    def judge_configurations(self, state: DriverState, positions, cells, judged: np.ndarray):
+        """Target energies (+inf where not judged or failed) and store keys of the proposals."""
+        idx = np.flatnonzero(judged)
+        energies = np.full(self.settings.n_chains, np.inf)
+        keys = np.array(state.keys, dtype=object)
+        if idx.size:
+            configs = [self._atoms(positions[i], cells[i]) for i in idx]
+            verdict = self.judge(configs, idx.tolist())
+            energies[idx] = verdict.energies_eV
+            keys[idx] = verdict.keys
+        n_new = len(set(keys[idx].tolist())) if idx.size else 0
+        return energies, keys, n_new
+
+    def _atoms(self, positions, cell):
+        a = self.template.copy()
+        a.calc = None
+        a.positions = np.asarray(positions, np.float64)
+        a.cell = np.asarray(cell, np.float64)
+        return a
+
+    # ---- one step
+
+    def step(self, state: DriverState) -> tuple[DriverState, np.ndarray | None]:
+        """propose -> judge -> accept -> record; the record (production) or None."""
+        cell_move = self.is_cell_move(state)
+        dt, n_traj = self.dt_and_length(state)
+        chains = state.chains
+        if cell_move:
+            prop = self.cell_moves.propose(chains)
+            positions, cells = np.asarray(prop.positions), np.asarray(prop.cell)
+            judged = np.ones(self.settings.n_chains, bool)
+            ml_error = np.zeros(self.settings.n_chains)
+        else:
+            state, prop, judged = self.propose_hmc(state)
+            positions, cells = np.asarray(prop.positions), np.asarray(chains.cell)
+            ml_error = np.where(judged, np.asarray(prop.ml_energy_error), np.nan)
+            state = state.replace(divergent=state.divergent + np.asarray(prop.divergent))
+        energies, keys, n_new = self.judge_configurations(state, positions, cells, judged)
+        kernel = self.cell_moves if cell_move else self._hmc_kernel(state.layout)
+        chains, info = kernel.accept(chains, prop, energies)
+        accepted = np.asarray(info.accepted)
+        state = state.replace(chains=chains, keys=np.where(accepted, keys, state.keys).astype(str),
+                              n_judged=state.n_judged + n_new, n_failed=self.judge.n_failed,
+                              n_target_calls=self.calls_before + self.judge.n_target_calls)
+        phase, _ = self.phase(state)
+        if phase == "warmup":
+            return self._end_warmup_step(state, cell_move, info, ml_error), None
+        if phase == "burn_in":
+            return state.replace(n_burn_in=state.n_burn_in + 1), None
+        rec = np.zeros((), self.record_dtype)
+        rec["positions"], rec["cells"] = np.asarray(chains.positions), np.asarray(chains.cell)
+        rec["energies"], rec["accepted"] = np.asarray(chains.target_energy), accepted
+        rec["probability"], rec["ml_energy_error"] = np.asarray(info.probability), ml_error
+        rec["keys"] = np.char.encode(state.keys.astype(str), "ascii")
+        rec["move"], rec["timestep_fs"], rec["trajectory_steps"] = int(cell_move), dt, n_traj
+        return state.replace(n_recorded=state.n_recorded + 1), rec
+
+    def _end_warmup_step(self, state, cell_move, info, ml_error) -> DriverState:
+        adaptation = state.adaptation
+        if not cell_move:
+            t = self.settings.temperature_K
+            a = float(np.mean(np.asarray(hmc.acceptance_probability(np.asarray(info.delta_H), t))))
+            a_ml = float(np.mean(np.asarray(hmc.acceptance_probability(ml_error, t))))
+            adaptation = self.adaptation.update(adaptation, a, a_ml)
+        state = state.replace(adaptation=adaptation, n_warmup=state.n_warmup + 1)
+        if state.n_warmup == self.settings.warmup_steps:
+            dt, n_traj = self.adaptation.final(adaptation)
+            zeros = jnp.zeros_like(state.chains.n_steps)
+            state = state.replace(timestep_fs=dt, trajectory_steps=n_traj,
+                                  chains=state.chains._replace(n_accepted=zeros, n_steps=zeros))
+        return state
+
+    # ---- persistence
+
+    def save(self, state: DriverState, record: np.ndarray | None) -> None:
+        if self.checkpoint is None:
+            return
+        if record is not None:
+            self.checkpoint.append(record)
+        self.checkpoint.save(state.replace(chains=hmc.ChainState(*(np.asarray(a) for a in state.chains))))
+
+    # ---- result
+
+    def result(self, state: DriverState, records: list) -> SampleResult:
+        from slhmc_jax.diagnostics import mcmc_diagnostics
+
+        s = self.settings
+        rec = np.stack(records[: s.n_steps])
+        t = lambda a: np.ascontiguousarray(np.moveaxis(a, 0, 1))  # noqa: E731  (steps, chains) -> (chains, steps)
+        positions, cells, energies, accepted = t(rec["positions"]), t(rec["cells"]), t(rec["energies"]), t(rec["accepted"])
+        move = rec["move"].astype(np.int64)
+        observables = {"target_energy_eV": energies}
+        if s.ensemble != "nvt":
+            lengths = np.linalg.norm(cells, axis=-1)
+            observables.update(volume_A3=np.abs(np.linalg.det(cells)), a_A=lengths[..., 0], b_A=lengths[..., 1],
+                               c_A=lengths[..., 2])
+        ml_error = t(rec["ml_energy_error"])
+        mcmc = mcmc_diagnostics(observables, accepted, n_target_calls=state.n_judged, ml_energy_error=ml_error[:, move == 0])
+        n_traj = s.warmup_steps + s.n_burn_in + s.n_steps
+        frac = state.divergent / max(1, math.ceil(n_traj / (2 if self.cell_moves else 1)))
+        if np.any(frac > DIVERGENT_WARNING_FRACTION):
+            warnings.warn(f"{int(state.divergent.sum())} ML trajectories diverged (per chain {state.divergent.tolist()}; "
+                          f"non-finite or an energy error above {hmc.DIVERGENCE_KT:g} kT): the proposal model is NaN or "
+                          f"wild somewhere, or dt is too large; those proposals were rejected without a target call, "
+                          f"which is exact but wasteful", RuntimeWarning, stacklevel=3)
+        diag = SamplerDiagnostics(
+            mcmc=mcmc, timestep_fs=float(state.timestep_fs), trajectory_steps=int(state.trajectory_steps),
+            ml_energy_error_eV=ml_error, acceptance_probability=t(rec["probability"]), move=move,
+            production_timestep_fs=rec["timestep_fs"].copy(), production_trajectory_steps=rec["trajectory_steps"].copy(),
+            warmup=state.adaptation.history, warmup_steps=s.warmup_steps, burn_in_steps=s.n_burn_in,
+            neighbour_reallocations=int(state.n_reallocations),
+            max_neighbours=None if state.layout is None else state.layout.max_neighbours,
+            n_judged=int(state.n_judged), n_target_calls=int(state.n_target_calls),
+            n_from_store=int(self.judge.n_from_store), n_failed=int(state.n_failed),
+            divergent_trajectories=state.divergent.copy())
+        return SampleResult(
+            positions=positions, cells=cells, target_energies=energies, accepted=accepted,
+            acceptance_rate=accepted.mean(1), hmc_acceptance_rate=accepted[:, move == 0].mean(1),
+            cell_acceptance_rate=accepted[:, move == 1].mean(1) if self.cell_moves else None,
+            store_keys=np.char.decode(t(rec["keys"]), "ascii"), atomic_numbers=self.numbers.copy(),
+            pbc=self.pbc.copy(), diagnostics=diag, proposal_hash=self.phash)
 
 
-def _finite(prop) -> np.ndarray:
-    """(n_chains,) bool: the trajectory's end positions, energies and momenta are all finite."""
-    x = np.asarray(prop.positions)
-    return np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1) & np.isfinite(np.asarray(prop.ml_energy_error))
+def _start_structures(atoms, n_chains: int) -> list:
+    """One ase.Atoms per chain: ``atoms`` repeated, or a list of n_chains structures of one composition."""
+    if isinstance(atoms, (list, tuple)):
+        starts = [a.copy() for a in atoms]
+        if len(starts) != n_chains:
+            raise ValueError(f"{len(starts)} start structures for n_chains={n_chains}")
+        first = starts[0]
+        for i, a in enumerate(starts):
+            if list(a.numbers) != list(first.numbers) or list(a.pbc) != list(first.pbc):
+                raise ValueError(f"start structure {i} has other atoms or periodicity than structure 0")
+    else:
+        starts = [atoms.copy() for _ in range(n_chains)]
+    if len(starts[0]) == 0:
+        raise ValueError("the structure has no atoms")
+    for a in starts:
+        nb.validate_geometry(a.positions, a.cell.array, a.pbc)
+    return starts
 
 
-def _uses_edge_slots(potential) -> bool:
-    """True for models with receiver-major edge slots (MACE: ``with_max_neighbours``)."""
-    return callable(getattr(potential, "with_max_neighbours", None)) and potential.cutoff is not None
+def _load_proposal(proposal):
+    """A Potential, or the path of a model file (mace-torch ``.model`` or the project's own)."""
+    if isinstance(proposal, (str, os.PathLike)):
+        from slhmc_jax.models import load
+
+        return load(proposal)
+    if not hasattr(proposal, "energy") or not hasattr(proposal, "cutoff"):
+        raise ValueError(f"proposal must be a slhmc_jax Potential or a model file path; got {type(proposal).__name__}")
+    return proposal
 
 
-def default_edge_slots(potential, layout, x0, cell0):
-    """Slots per atom for a run: the user's choice, else 1.25 x the most edges any atom has at the start + 2."""
-    if not _uses_edge_slots(potential) or layout is None:
-        return None
-    if potential.max_neighbours is not None:
-        return int(potential.max_neighbours)
-    from slhmc_jax.models.mace.model import max_edges_per_atom
-
-    nbrs = nb.build(layout, jnp.asarray(x0), jnp.asarray(cell0))
-    k = max_edges_per_atom(nbrs, x0, cell0, float(potential.cutoff))
-    return min(int(math.ceil(1.25 * k)) + 2, int(layout.capacity))
+# ----------------------------------------------------------------------------------------
+# the public entry point
 
 
-class _ByIdentity:
-    """A hashable handle on a Potential (jit static argument keyed by object identity)."""
-
-    __slots__ = ("obj",)
-
-    def __init__(self, obj):
-        self.obj = obj
-
-    def __hash__(self):
-        return id(self.obj)
-
-    def __eq__(self, other):
-        return isinstance(other, _ByIdentity) and other.obj is self.obj
-
-
-@functools.partial(jax.jit, static_argnames=("potential", "layout", "chain_batch_size"))
-def _propose_chains_jit(states, params, atomic_numbers, masses, temperature_K, n_steps, timestep_fs, *, potential, layout,
-                        chain_batch_size):
-    nbrs = None
-    if layout is not None:
-        nbrs = jax.vmap(lambda x, c: nb.build(layout, x, c))(states.positions, states.cell)
-    return hmc.propose_batch(states, potential.obj, params, atomic_numbers, masses, temperature_K, n_steps, timestep_fs,
-                             layout, nbrs, chain_batch_size)
-
-
-def default_chain_batch_size(n_chains: int) -> int | None:
-    """Chains per vmapped force group: all of them on an accelerator, groups of 4 on a CPU
-    (measured: 72-atom MACE on 2 cores, 16 chains, groups of 2-4 are 1.3x faster than one vmap of 16)."""
-    if jax.default_backend() != "cpu" or n_chains <= 4 or len(jax.local_devices()) > 1:
-        return None  # accelerators want one wide batch; a sharded chain axis stays one vmap
-    return 4
-
-
-def propose_chains(states, potential, params, atomic_numbers, masses, temperature_K, n_steps, timestep_fs, layout=None,
-                   chain_batch_size="auto"):
-    """One compiled call: fresh neighbour lists and ML trajectories of every chain.
-
-    Compiled once per (potential object, layout, shapes): temperature, timestep and trajectory
-    length are traced, so warm-up tuning and repeated ``sample`` calls do not recompile.
-
-    Args:
-        states: ChainState with a leading chain axis. potential, params: the proposal model.
-        atomic_numbers: (n_atoms,) int. masses: (n_atoms,) amu. temperature_K: K.
-        n_steps: velocity-Verlet steps. timestep_fs: fs. layout: NeighbourLayout or None.
-        chain_batch_size: chains per vmapped force group (None: all; "auto": :func:`default_chain_batch_size`).
-
-    Returns:
-        hmc.Proposal with a leading chain axis (check ``overflow`` before using it).
-    """
-    if chain_batch_size == "auto":
-        chain_batch_size = default_chain_batch_size(int(states.positions.shape[0]))
-    return _propose_chains_jit(states, params, jnp.asarray(atomic_numbers), jnp.asarray(masses),
-                               jnp.asarray(temperature_K, jnp.float64), jnp.asarray(n_steps, jnp.int32),
-                               jnp.asarray(timestep_fs, jnp.float64), potential=_ByIdentity(potential), layout=layout,
-                               chain_batch_size=chain_batch_size)
-
-
-def _acceptance_from_dH(dH, beta):
-    """Mean Metropolis probability min(1, exp(-beta dH)) over chains (non-finite dH counts 0)."""
-    dH = np.asarray(dH, np.float64)
-    p = np.where(np.isfinite(dH), np.exp(-beta * np.clip(dH, 0.0, None)), 0.0)
-    return float(np.mean(p))
-
-
-def sample(atoms, proposal, target, *, temperature_K, n_chains, n_steps, trajectory_steps, timestep_fs, seed,
-           ensemble="nvt", pressure_GPa=None, checkpoint=None, on_failure="raise", max_retries=2,
-           skin_A=0.5, progress=True, max_log_cell_step=0.05,
-           warmup_steps=0, target_acceptance=0.65, max_trajectory_steps=None, neighbour_layout=None) -> SampleResult:
-    """Run ``n_chains`` SLHMC chains for ``n_steps`` production Metropolis steps each.
+def sample(atoms, proposal, target, *, settings: SamplerSettings | None = None, store=None, labels: str = "energy",
+           checkpoint=None, progress: bool = True, neighbour_layout=None, **setting_values) -> SampleResult:
+    """Run ``n_chains`` SLHMC chains for ``n_steps`` recorded Metropolis steps each.
 
     Each step: one compiled call proposes for all chains (Maxwell-Boltzmann momenta, velocity
-    Verlet on ``proposal`` for ``trajectory_steps`` steps of ``timestep_fs``); the host sends the
-    batch of proposed configurations to ``target`` in one query; every chain accepts with
-    min(1, exp(-beta [E_t' + K' - E_t - K])) in float64. The chains sample exp(-E_target/kT)
-    whatever the proposal is. The proposal parameters are frozen; their hash is recorded.
-
-    Failed target evaluations (``TargetEvaluationError``) are retried ``max_retries`` times
-    (transient failures). Then ``on_failure="raise"`` stops (the checkpoint holds the state
-    before the failed step, so the run can be resumed with other settings); ``"reject"`` rejects
-    the proposals of the failed batch, which restricts every chain to the region where the target
-    converges (the stationary distribution is the target's, truncated to that region).
-
-    Warm-up (``warmup_steps`` > 0): the same moves, not recorded, tuning the timestep dt and the
-    trajectory duration tau = L dt (Robbins-Monro on logs, gain g_t = 1.5 t^-0.5 at the t-th HMC
-    warm-up step, pooled over chains):
-
-        ln dt  += g_t (a_ML - a_ML*),   a_ML = <min(1, exp(-beta dH_ML))>, a_ML* = (1 + a*) / 2
-        ln tau += g_t (a - a*),          a = <min(1, exp(-beta dH))>,       a* = target_acceptance
-
-    dH_ML is the energy error of the ML trajectory itself (integration error: dt controls it) and
-    dH the full SLHMC error (ML-vs-target mismatch, which grows with tau). L = round(tau / dt),
-    clipped to [1, max_trajectory_steps] (default 4 * trajectory_steps); tau is kept within
-    [dt, max_trajectory_steps * dt]. While tau / dt sits at a bound of that range (the mismatch
-    cannot be traded against the trajectory length any more, e.g. a proposal so good that
-    acceptance stays high for the longest trajectory), dt follows a instead:
-    ln dt += g_t (a - a*). dt is capped at 10 * timestep_fs. Production uses the averages of ln dt and ln tau over the second half of
-    the warm-up, fixed for the whole production phase (a chain whose kernel changes with its
-    own history is not stationary).
+    Verlet on ``proposal`` for L steps of dt); the host sends the batch of proposed configurations
+    to ``target`` in one query; every chain accepts with min(1, exp(-beta [E_t' + K' - E_t - K]))
+    in float64. The chains sample exp(-E_target/kT) whatever the proposal is. The proposal
+    parameters are frozen; their hash is recorded. NPT alternates HMC moves with cell moves
+    accepted with min(1, (V'/V)^(N+1) exp(-beta [E_t' + P V' - E_t - P V])) (``hmc.propose_cell``).
 
     Args:
-        atoms: ase.Atoms, the start of every chain.
-        proposal: a Potential (uses ``proposal.params``).
-        target: a Target, an ASE calculator, or callable(list of ase.Atoms) -> energies (eV).
-        temperature_K: K. n_chains, n_steps, trajectory_steps: ints. timestep_fs: fs. seed: int.
-        ensemble: "nvt", "npt" (isotropic) or "npt_orthorhombic": NPT alternates, step by step,
-            an NVT SLHMC move and a cell move (random walk in ln V or ln a, ln b, ln c of at most
-            ``max_log_cell_step``, positions scaled at fixed fractional coordinates, accepted with
-            min(1, (V'/V)^(N+1) exp(-beta [E_t' + P V' - E_t - P V])); see ``hmc.propose_cell``).
-        pressure_GPa: GPa, for NPT.
+        atoms: ase.Atoms, the start of every chain, or a list of n_chains start structures of one
+            composition.
+        proposal: a :class:`slhmc_jax.models.Potential`, or the path of a model file.
+        target: a :class:`slhmc_jax.targets.Target`, any ASE calculator, or a callable
+            (list of ase.Atoms) -> energies (eV).
+        settings: a :class:`SamplerSettings`; or give its fields as keywords
+            (temperature_K, n_chains, n_steps, trajectory_steps, timestep_fs, seed, ensemble,
+            pressure_GPa, warmup_steps, burn_in_steps, ...).
+        store: a :class:`slhmc_jax.store.LabelStore` or its path: every target result is committed
+            there before it is used, and a configuration already there is not evaluated again.
+            Default: none, or ``checkpoint + ".labels.sqlite"`` when checkpointing.
+        labels: "energy", or "forces" to have the target compute forces at every proposal (a
+            full training label per stored row). Measured here (PySCF PBE/STO-3G H2O, grid level
+            0, warm-started, one thread): 0.048 s of CPU per energy, 0.069 s with forces (1.4x);
+            analytic gradients cost relatively more for larger systems and periodic cells. The
+            cheaper alternative is :func:`slhmc_jax.store.label_forces` afterwards, for the states
+            that will be trained on (the accepted ones), which fills their store rows.
         checkpoint: path of the state file (records in ``path + ".records"``); written after every
             step; a run started with an existing checkpoint resumes from it (bit-identical to an
             uninterrupted run with the same seed) and may extend ``n_steps``.
-        skin_A: Verlet skin of the proposal's neighbour list, A.
-        warmup_steps, target_acceptance, max_trajectory_steps: see above.
+        progress: show a progress bar.
         neighbour_layout: a ``neighbours.NeighbourLayout`` to start from (default: allocated from
-            ``atoms`` with ``skin_A``); it grows on overflow like the default one.
+            the start structures with ``skin_A``, in the dense per-atom format for models that
+            prefer it); it grows on overflow like the default one.
 
-    Edge slots (MACE and other models with ``with_max_neighbours``): the proposal runs with
-    receiver-major edge slots (the fast CPU path), 1.25 x the largest edge count of the start
-    structure + 2 unless the model already has slots. A trajectory in which an atom outgrows
-    them (NaN ML energy) is re-run with the same keys and 1.5 x the slots, like a neighbour-list
-    overflow; the slot count is part of the checkpoint, so a resumed run uses the same one.
+    Warm-up and burn-in: see :mod:`slhmc_jax.adaptation` and :class:`SamplerSettings`.
+
+    Raises:
+        ValueError: bad settings or inputs (before anything is compiled), or a start structure
+            the target cannot evaluate.
     """
-    if ensemble not in ("nvt", "npt", "npt_orthorhombic"):
-        raise ValueError(f"ensemble must be 'nvt', 'npt' (isotropic) or 'npt_orthorhombic'; got {ensemble!r}")
-    if ensemble != "nvt" and pressure_GPa is None:
-        raise ValueError("NPT needs pressure_GPa")
-    if on_failure not in ("raise", "reject"):
-        raise ValueError(f"on_failure must be 'raise' or 'reject'; got {on_failure!r}")
-    for name, v in (("n_chains", n_chains), ("n_steps", n_steps), ("trajectory_steps", trajectory_steps)):
-        if int(v) != v or v < 1:
-            raise ValueError(f"{name} must be a positive integer; got {v}")
-    if int(warmup_steps) != warmup_steps or warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be a non-negative integer; got {warmup_steps}")
-    if not (temperature_K > 0 and timestep_fs > 0):
-        raise ValueError(f"temperature_K and timestep_fs must be positive; got {temperature_K}, {timestep_fs}")
-    if not 0 < target_acceptance < 1:
-        raise ValueError(f"target_acceptance must be in (0, 1); got {target_acceptance}")
-    max_traj = int(max_trajectory_steps or 4 * trajectory_steps)
-    if max_traj < 1:
-        raise ValueError(f"max_trajectory_steps must be a positive integer; got {max_trajectory_steps}")
-    n_chains, n_steps, warmup_steps = int(n_chains), int(n_steps), int(warmup_steps)
-    evaluate = _as_target(target)
-    params = proposal.params
-    phash = proposal_hash(params)
-    z = jnp.asarray(atoms.numbers)
-    masses = jnp.asarray(atoms.get_masses())
-    x0 = np.asarray(atoms.positions, np.float64)
-    cell0 = np.asarray(atoms.cell.array, np.float64)
-    pbc = tuple(bool(b) for b in atoms.pbc)
-    n_atoms = x0.shape[0]
-    beta = 1.0 / (KB_EV_PER_K * temperature_K)
-    settings = dict(n_chains=n_chains, n_atoms=n_atoms, numbers=tuple(int(v) for v in atoms.numbers), seed=seed,
-                    temperature_K=temperature_K, ensemble=ensemble, pressure_GPa=pressure_GPa,
-                    trajectory_steps=int(trajectory_steps), timestep_fs=float(timestep_fs), warmup_steps=warmup_steps,
-                    target_acceptance=target_acceptance, max_trajectory_steps=max_traj,
-                    max_log_cell_step=max_log_cell_step, skin_A=skin_A)
-    rec_dtype = _record_dtype(n_chains, n_atoms)
-    ckpt = _Checkpoint(checkpoint, rec_dtype) if checkpoint is not None else None
+    if settings is None:
+        try:
+            settings = SamplerSettings(**setting_values)
+        except TypeError as err:
+            raise ValueError(f"bad sampler settings: {err}") from None
+    elif setting_values:
+        raise ValueError(f"give settings= or the setting keywords, not both (got {sorted(setting_values)})")
+    driver = _Driver(atoms, proposal, target, settings, store, labels, checkpoint, neighbour_layout)
+    state, records = driver.start()
+    from tqdm.auto import tqdm
 
-    if ckpt is not None and ckpt.exists():
-        host, records = ckpt.load()
-        if host.get("version") != _CHECKPOINT_VERSION:
-            raise ValueError(f"checkpoint {checkpoint} has version {host.get('version')}; expected {_CHECKPOINT_VERSION}")
-        if host["proposal_hash"] != phash:
-            raise ValueError("checkpoint was written with other proposal parameters (hash differs)")
-        diff = {k: (host["settings"].get(k), v) for k, v in settings.items() if host["settings"].get(k) != v}
-        if diff:
-            raise ValueError(f"checkpoint was written with other settings (saved, now): {diff}")
-        state = hmc.ChainState(*(jnp.asarray(a) for a in host["state"]))
-    else:
-        e0 = evaluate([atoms.copy()])[0]
-        keys = jax.random.split(jax.random.PRNGKey(seed), n_chains)
-        state = jax.vmap(lambda k: hmc.init(jnp.asarray(x0), jnp.asarray(cell0), e0, k))(keys)
-        layout = None
-        if neighbour_layout is not None:
-            layout = neighbour_layout
-        elif proposal.cutoff is not None:
-            layout, _ = nb.allocate(np.repeat(x0[None], n_chains, 0), np.repeat(cell0[None], n_chains, 0), pbc,
-                                    float(proposal.cutoff), skin_A, batch=True)
-        host = dict(version=_CHECKPOINT_VERSION, proposal_hash=phash, settings=settings, n_warmup=0, n_recorded=0,
-                    log_dt=math.log(timestep_fs), log_tau=math.log(timestep_fs * trajectory_steps),
-                    tuning_history=[], timestep_fs=float(timestep_fs), trajectory_steps=int(trajectory_steps),
-                    layout=layout, n_reallocations=0, state=None,
-                    edge_slots=default_edge_slots(proposal, layout, x0, cell0), n_slot_regrowths=0)
-        records = []
-    state = shard_chains(state, n_chains)
-
-    slotted = {}  # edge slots -> the proposal evaluated with them (one object each: compiled once)
-
-    def proposal_with_slots(slots):
-        if slots is None:
-            return proposal
-        if slots not in slotted:
-            slotted[slots] = proposal.with_max_neighbours(slots)
-        return slotted[slots]
-
-    def propose(states, params, layout, dt, n_traj):
-        pot = proposal_with_slots(host.get("edge_slots"))
-        return propose_chains(states, pot, params, z, masses, temperature_K, n_traj, dt, layout)
-
-    mode = "orthorhombic" if ensemble == "npt_orthorhombic" else "isotropic"
-
-    @jax.jit
-    def cell_propose(states):
-        def one(s):
-            key, k1, k2 = jax.random.split(s.key, 3)
-            xn, cn, lj = hmc.propose_cell(s._replace(key=key), k1, max_log_cell_step, mode)
-            return xn, cn, lj, key, k2
-        return jax.vmap(one)(states)
-
-    cell_accept = jax.jit(jax.vmap(
-        lambda s, x, c, lj, e, key, k2: hmc.accept_cell(s._replace(key=key), x, c, lj, e, temperature_K, pressure_GPa, k2)))
-    accept = jax.jit(jax.vmap(lambda s, p, e: hmc.accept(s, p, e, temperature_K)))
-
-    def hmc_move(state, dt, n_traj):
-        layout = host["layout"]
-        dt_arr, n_arr = dt, n_traj
-        prop = propose(state, params, layout, dt_arr, n_arr)
-        tries = 0
-        while True:
-            # a wrong trajectory is never used: the same keys are re-run with more room
-            if host.get("edge_slots") is not None and host["edge_slots"] < layout.capacity and not np.all(_finite(prop)):
-                # an atom gained more edges than it has slots: the model's energy and forces are
-                # NaN from there on (never a truncated energy); checked first because NaN positions
-                # can also flag the neighbour list. With as many slots as pairs a NaN is the
-                # dynamics' own (and is rejected).
-                host["edge_slots"] = min(int(math.ceil(1.5 * host["edge_slots"])), int(layout.capacity))
-                host["n_slot_regrowths"] += 1
-            elif layout is not None and bool(np.any(np.asarray(prop.overflow))):
-                tries += 1
-                if tries > _MAX_REALLOCATIONS:
-                    raise RuntimeError(f"neighbour list still overflows after {_MAX_REALLOCATIONS} reallocations: {layout}")
-                layout = _grow_layout(layout, state, prop)
-                host["layout"] = layout
-                host["n_reallocations"] += 1
-            else:
-                break
-            prop = propose(state, params, layout, dt_arr, n_arr)
-        # a trajectory that blew up (NaN) is rejected without asking the target; its slot in the
-        # batch carries the chain's current state so that batch slot k stays chain k
-        finite = _finite(prop)
-        proposed = np.where(finite[:, None, None], np.asarray(prop.positions), np.asarray(state.positions))
-        configs = _atoms_list(atoms, proposed, np.asarray(state.cell))
-        e_new = np.where(finite, _evaluate_batch(evaluate, configs, max_retries, on_failure, n_chains), np.inf)
-        state, info = accept(state, prop, jnp.asarray(e_new))
-        return state, info, np.asarray(prop.ml_energy_error)
-
-    def cell_move(state):
-        xn, cn, lj, key, k2 = cell_propose(state)
-        e_new = _evaluate_batch(evaluate, _atoms_list(atoms, np.asarray(xn), np.asarray(cn)), max_retries, on_failure, n_chains)
-        state, info = cell_accept(state, xn, cn, lj, jnp.asarray(e_new), key, k2)
-        return state, info
-
-    def is_cell_step(i):
-        return ensemble != "nvt" and i % 2 == 1
-
-    def save(state):
-        if ckpt is not None:
-            host["state"] = tuple(np.asarray(a) for a in state)
-            ckpt.save(host)
-
-    try:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=warmup_steps + n_steps, initial=host["n_warmup"] + len(records), disable=not progress, desc="SLHMC")
-    except ImportError:  # pragma: no cover
-        bar = None
-
-    # ---- warm-up: tune dt and tau = L dt; nothing recorded
-    dt_max = 10.0 * timestep_fs
-    while host["n_warmup"] < warmup_steps:
-        w = host["n_warmup"]
-        if is_cell_step(w):
-            state, _ = cell_move(state)
-        else:
-            dt = math.exp(host["log_dt"])
-            n_traj = int(min(max(round(math.exp(host["log_tau"]) / dt), 1), max_traj))
-            state, info, ml_err = hmc_move(state, dt, n_traj)
-            a = _acceptance_from_dH(np.asarray(info.delta_H), beta)
-            a_ml = _acceptance_from_dH(ml_err, beta)
-            t = len(host["tuning_history"]) + 1
-            gain = 1.5 * t ** -0.5
-            raw_L = math.exp(host["log_tau"]) / dt
-            if 1.0 < raw_L < max_traj:
-                signal = a_ml - 0.5 * (1.0 + target_acceptance)  # dt controls the integration error
-            else:
-                signal = a - target_acceptance  # tau is pinned at a bound of L: dt takes over
-            log_dt = min(host["log_dt"] + gain * signal, math.log(dt_max))
-            log_tau = host["log_tau"] + gain * (a - target_acceptance)
-            # keep tau reachable with 1 <= L <= max_traj at the new dt
-            log_tau = min(max(log_tau, log_dt), log_dt + math.log(max_traj))
-            host["tuning_history"].append((dt, n_traj, a, a_ml))
-            host["log_dt"], host["log_tau"] = log_dt, log_tau
-            host.setdefault("log_history", []).append((log_dt, log_tau))
-        host["n_warmup"] = w + 1
-        if host["n_warmup"] == warmup_steps:
-            hist = host.get("log_history", [])
-            if hist:
-                tail = np.asarray(hist[len(hist) // 2:])
-                dt = float(np.exp(tail[:, 0].mean()))
-                host["timestep_fs"] = dt
-                host["trajectory_steps"] = int(min(max(round(float(np.exp(tail[:, 1].mean())) / dt), 1), max_traj))
-            state = state._replace(n_accepted=jnp.zeros_like(state.n_accepted), n_steps=jnp.zeros_like(state.n_steps))
-        save(state)
-        if bar is not None:
+    with tqdm(total=driver.total_steps(), initial=driver.steps_done(state), disable=not progress, desc="SLHMC") as bar:
+        while len(records) < settings.n_steps:
+            state, record = driver.step(state)
+            if record is not None:
+                records.append(record)
+            driver.save(state, record)
             bar.update(1)
-
-    # ---- production: fixed dt and L
-    dt, n_traj = host["timestep_fs"], host["trajectory_steps"]
-    while len(records) < n_steps:
-        i = len(records)
-        rec = np.zeros((), rec_dtype)
-        if is_cell_step(i):
-            state, info = cell_move(state)
-            rec["move"] = 1
-        else:
-            state, info, ml_err = hmc_move(state, dt, n_traj)
-            rec["ml_energy_error"] = ml_err
-        rec["positions"] = np.asarray(state.positions)
-        rec["cells"] = np.asarray(state.cell)
-        rec["energies"] = np.asarray(state.target_energy)
-        rec["accepted"] = np.asarray(info.accepted)
-        rec["probability"] = np.asarray(info.probability)
-        rec["timestep_fs"], rec["trajectory_steps"] = dt, n_traj
-        records.append(rec)
-        if ckpt is not None:
-            ckpt.append(rec)
-            host["n_recorded"] = len(records)
-        save(state)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    return _result(atoms, records[:n_steps], host, phash, n_chains, warmup_steps, ensemble)
-
-
-def _result(atoms, records, host, phash, n_chains, warmup_steps, ensemble) -> SampleResult:
-    from ase.calculators.singlepoint import SinglePointCalculator
-
-    from slhmc_jax.diagnostics import mcmc_diagnostics
-
-    rec = np.stack(records)
-    pos = np.ascontiguousarray(rec["positions"].transpose(1, 0, 2, 3))
-    cells = np.ascontiguousarray(rec["cells"].transpose(1, 0, 2, 3))
-    energies = np.ascontiguousarray(rec["energies"].T)
-    accepted = np.ascontiguousarray(rec["accepted"].T)
-    move = rec["move"].astype(np.int64)
-    n_steps = energies.shape[1]
-    observables = {"target_energy_eV": energies}
-    if ensemble != "nvt":
-        observables["volume_A3"] = np.abs(np.linalg.det(cells))
-    mcmc = mcmc_diagnostics(
-        observables,
-        accepted,
-        n_target_calls=n_chains * (1 + warmup_steps + n_steps),
-        ml_energy_error=rec["ml_energy_error"].T[:, move == 0],
-    )
-    diag = {"acceptance": mcmc.acceptance, "acceptance_per_chain": mcmc.acceptance_per_chain, "mcmc": mcmc}
-    first = mcmc.observables["target_energy_eV"]
-    if first is not None:
-        diag.update(ess=first.ess, iat=first.iat, rhat=first.rhat)
-    diag["timestep_fs"] = float(host["timestep_fs"])
-    diag["trajectory_steps"] = int(host["trajectory_steps"])
-    diag["ml_energy_error_eV"] = np.ascontiguousarray(rec["ml_energy_error"].T)
-    diag["acceptance_probability"] = np.ascontiguousarray(rec["probability"].T)
-    diag["move"] = move
-    diag["production_timestep_fs"] = rec["timestep_fs"].copy()
-    diag["production_trajectory_steps"] = rec["trajectory_steps"].copy()
-    diag["warmup"] = [dict(zip(("timestep_fs", "trajectory_steps", "acceptance", "ml_acceptance"), h))
-                      for h in host["tuning_history"]]
-    diag["neighbour_reallocations"] = int(host["n_reallocations"])
-    diag["edge_slots"] = host.get("edge_slots")
-    diag["edge_slot_regrowths"] = int(host.get("n_slot_regrowths", 0))
-    samples = []
-    for c in range(n_chains):
-        chain = []
-        for a, e in zip(_atoms_list(atoms, pos[c], cells[c]), energies[c]):
-            a.calc = SinglePointCalculator(a, energy=float(e))
-            chain.append(a)
-        samples.append(chain)
-    return SampleResult(pos, cells, energies, accepted.mean(1), samples, diag, phash)
+    return driver.result(state, records)

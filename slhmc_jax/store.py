@@ -46,8 +46,11 @@ class LabelStore:
         return self._con.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
 
     def get(self, atoms, settings: dict) -> TargetResult | None:
-        row = self._con.execute("SELECT energy_eV, forces, stress, info FROM labels WHERE key=?",
-                                (config_key(atoms, settings),)).fetchone()
+        return self.get_by_key(config_key(atoms, settings))
+
+    def get_by_key(self, key: str) -> TargetResult | None:
+        """The stored result with this key, or None."""
+        row = self._con.execute("SELECT energy_eV, forces, stress, info FROM labels WHERE key=?", (key,)).fetchone()
         if row is None:
             return None
         f = json.loads(row[1])
@@ -101,40 +104,89 @@ class LabelStore:
 
 
 class CachedTarget:
-    """Target wrapper: answers from the store, evaluates only the missing configurations in one batch."""
+    """A Target answered from a label store where it can be: only configurations missing from the
+    store are evaluated (each distinct one once per batch, in one batch of the wrapped target), and
+    every result is committed to the store as it arrives, before anything uses it.
 
-    def __init__(self, target, store: LabelStore):
-        self.target = target
+    A stored row is used only if it carries what the wrapped target computes (forces, and stress
+    for periodic cells); otherwise the configuration is evaluated again and the row gains them.
+
+    Args:
+        target: anything :func:`slhmc_jax.targets.as_target` accepts.
+        store: a LabelStore, or None (no persistence; duplicates within a batch still cost one call).
+
+    Attributes:
+        n_evaluated: configurations the wrapped target evaluated (successfully) through this object.
+        n_from_store: configurations answered from the store.
+    """
+
+    def __init__(self, target, store: LabelStore | None):
+        from slhmc_jax.targets.base import as_target
+
+        self.target = as_target(target)
         self.store = store
+        self.n_evaluated = 0
+        self.n_from_store = 0
+        self._settings = self.target.settings()
 
-    def _settings(self) -> dict:
-        s = getattr(self.target, "settings", None)
-        return s() if callable(s) else {"target": repr(self.target)}
+    def settings(self) -> dict:
+        return self._settings
 
-    def evaluate(self, atoms_list: Sequence[Any]) -> list[TargetResult]:
-        settings = self._settings()
-        need_f = bool(getattr(self.target, "compute_forces", False))
-        need_s = bool(getattr(self.target, "compute_stress", False))
+    @property
+    def compute_forces(self) -> bool:
+        return bool(getattr(self.target, "compute_forces", False))
 
-        def usable(r, atoms):  # a cached result must carry what this target computes
-            return (r is not None and not (need_f and r.forces_eV_A is None)
-                    and not (need_s and r.stress_eV_A3 is None and atoms.pbc.all()))
+    def key(self, atoms) -> str:
+        """The store key of ``atoms`` under this target's settings."""
+        return config_key(atoms, self._settings)
 
-        results: list[TargetResult | None] = []
-        for a in atoms_list:
-            r = self.store.get(a, settings)
-            results.append(r if usable(r, a) else None)
-        missing = [i for i, r in enumerate(results) if r is None]
-        if missing:
-            todo = [atoms_list[i] for i in missing]
-            stream = getattr(self.target, "evaluate_streaming", None)
-            if stream is not None:  # persist each result as it arrives; slots keep chain identity
-                pairs = stream(todo, slots=missing)
+    def _usable(self, r: TargetResult | None, atoms) -> bool:
+        need_s = bool(getattr(self.target, "compute_stress", False)) and bool(atoms.pbc.all())
+        return (r is not None and not (self.compute_forces and r.forces_eV_A is None)
+                and not (need_s and r.stress_eV_A3 is None))
+
+    def evaluate_streaming(self, atoms_list: Sequence[Any], chains: Sequence[int] | None = None):
+        """Yield (j, TargetResult): store hits first, then the evaluated ones as they finish.
+
+        Raises TargetEvaluationError with ``index`` = the failed position in ``atoms_list`` (the
+        results yielded before it are already stored).
+        """
+        from slhmc_jax.targets.base import TargetEvaluationError, default_chains, stream
+
+        chains = default_chains(atoms_list, chains)
+        keys = [self.key(a) for a in atoms_list]
+        todo: dict[str, list[int]] = {}  # key -> positions with that key (the first one is evaluated)
+        for j, (k, a) in enumerate(zip(keys, atoms_list)):
+            if k in todo:
+                todo[k].append(j)
+                continue
+            r = self.store.get_by_key(k) if self.store is not None else None
+            if self._usable(r, a):
+                self.n_from_store += 1
+                yield j, r
             else:
-                pairs = enumerate(self.target.evaluate(todo))
-            for j, r in pairs:
-                self.store.put(todo[j], settings, r)
-                results[missing[j]] = r
+                todo[k] = [j]
+        if not todo:
+            return
+        first = [pos[0] for pos in todo.values()]
+        batch = [atoms_list[j] for j in first]
+        try:
+            for m, r in stream(self.target, batch, [chains[j] for j in first]):
+                j = first[m]
+                if self.store is not None:
+                    self.store.put(atoms_list[j], self._settings, r)
+                self.n_evaluated += 1
+                for jj in todo[keys[j]]:
+                    yield jj, r
+        except TargetEvaluationError as err:
+            if err.index is not None:
+                err.index = first[err.index]
+            raise
+
+    def evaluate(self, atoms_list: Sequence[Any], chains: Sequence[int] | None = None) -> list[TargetResult]:
+        results: list[TargetResult | None] = [None] * len(atoms_list)
+        for j, r in self.evaluate_streaming(atoms_list, chains):
+            results[j] = r
         return results  # type: ignore[return-value]
 
     def __call__(self, atoms_list: Sequence[Any]) -> np.ndarray:
@@ -143,6 +195,18 @@ class CachedTarget:
 
 def cached(target, store) -> CachedTarget:
     """Wrap ``target`` with a LabelStore (or a path to one)."""
-    if not isinstance(store, LabelStore):
+    if store is not None and not isinstance(store, LabelStore):
         store = LabelStore(store)
     return CachedTarget(target, store)
+
+
+def label_forces(store, target, atoms_list: Sequence[Any], chains: Sequence[int] | None = None) -> list[TargetResult]:
+    """Forces for configurations already in ``store`` (energy-only rows gain them), warm-started
+    along ``atoms_list`` per chain; configurations not yet stored are evaluated and stored too.
+
+    The cheap alternative to ``sample(..., labels="forces")``: forces only for the states that
+    will be trained on, not for every proposal.
+    """
+    from slhmc_jax.targets.base import as_target, with_forces
+
+    return cached(with_forces(as_target(target)), store).evaluate(atoms_list, chains)

@@ -44,14 +44,17 @@ def _jitted(potential):
     return cache["props"]
 
 
-def evaluate(potential, atoms: ase.Atoms, params=None):
-    """(energy eV, forces (n, 3) eV/A, stress (3, 3) eV/A^3 or None) of ``atoms`` as float64 numpy."""
+def evaluate(potential, atoms: ase.Atoms, params=None, *, max_neighbours=None):
+    """(energy eV, forces (n, 3) eV/A, stress (3, 3) eV/A^3 or None) of ``atoms`` as float64 numpy.
+
+    ``max_neighbours``: the neighbour format (None: pairs; an int K or "auto": dense per-atom).
+    """
     params = potential.params if params is None else params
     pbc = tuple(bool(p) for p in atoms.get_pbc())
     positions, cell, pbc = nl.validate_geometry(atoms.get_positions(), np.asarray(atoms.get_cell()), pbc)
     nbrs = None
     if potential.cutoff is not None:
-        _, nbrs = nl.allocate(positions, cell, pbc, potential.cutoff, 0.0)
+        _, nbrs = nl.allocate(positions, cell, pbc, potential.cutoff, 0.0, max_neighbours=max_neighbours)
     dtype = jax.tree.leaves(params)[0].dtype if jax.tree.leaves(params) else jnp.float64
     dtype = dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.float64
     out = _jitted(potential)(
@@ -215,8 +218,11 @@ def assert_nve_conserves_energy(
     max_drift_eV_per_atom: float = 1e-4,
     skin: float = 1.0,
     seed: int = 0,
+    max_neighbours=None,
 ):
     """Velocity-Verlet NVE run; max |E_tot(t) - E_tot(0)| / n_atoms must stay below the tolerance.
+
+    ``max_neighbours``: the neighbour format (None: pairs; "auto" or K: dense per-atom).
 
     x(t+dt) = x + v dt + F dt^2/(2m);  v(t+dt) = v + (F(t) + F(t+dt)) dt/(2m)   (ASE units:
     eV, A, amu). Initial velocities: Maxwell-Boltzmann at ``temperature_K`` with zero total momentum.
@@ -232,7 +238,7 @@ def assert_nve_conserves_energy(
     dt = timestep_fs * units.fs
     cell_j = jnp.asarray(cell)
     if potential.cutoff is not None:
-        layout, nbrs = nl.allocate(positions, cell, pbc, potential.cutoff, skin)
+        layout, nbrs = nl.allocate(positions, cell, pbc, potential.cutoff, skin, max_neighbours=max_neighbours)
     else:
         layout, nbrs = None, None
 

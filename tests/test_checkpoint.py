@@ -2,8 +2,8 @@
 from its checkpoint gives bit-identical samples to an uninterrupted run with the same seed."""
 
 import importlib.util
+import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -63,26 +63,33 @@ def script(tmp_path_factory):
     return path, mod
 
 
+def _env():
+    """The child process imports this checkout's slhmc_jax (whatever is installed)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+
+
 def _spawn(path, ck, ensemble, kill_at="none", sleep_s=0.0):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env = _env()
     return subprocess.Popen([sys.executable, str(path), str(ck), ensemble, str(kill_at), str(sleep_s)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def _n_recorded(ck):
+    from slhmc_jax.checkpoint import read_state
+
     try:
-        with open(ck, "rb") as f:
-            return pickle.load(f)["n_recorded"]
-    except (FileNotFoundError, EOFError, pickle.UnpicklingError):
+        return read_state(ck).n_recorded
+    except (FileNotFoundError, ValueError):
         return -1
 
 
 def _assert_identical(a, b):
     for name in ("positions", "cells", "target_energies", "acceptance_rate"):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
-    assert a.diagnostics["timestep_fs"] == b.diagnostics["timestep_fs"]
-    assert a.diagnostics["trajectory_steps"] == b.diagnostics["trajectory_steps"]
-    assert np.array_equal(a.diagnostics["ml_energy_error_eV"], b.diagnostics["ml_energy_error_eV"])
+    assert a.diagnostics.timestep_fs == b.diagnostics.timestep_fs
+    assert a.diagnostics.trajectory_steps == b.diagnostics.trajectory_steps
+    assert np.array_equal(a.diagnostics.ml_energy_error_eV, b.diagnostics.ml_energy_error_eV)
 
 
 def test_sigkill_during_warmup_then_resume_is_bit_identical(script, tmp_path):
@@ -91,13 +98,14 @@ def test_sigkill_during_warmup_then_resume_is_bit_identical(script, tmp_path):
     # call 1 is the start energy, calls 2..7 the six warm-up steps: die inside warm-up step 4
     proc = _spawn(path, ck, "nvt", kill_at=5)
     assert proc.wait(timeout=120) == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
-    with open(ck, "rb") as f:
-        saved = pickle.load(f)
-    assert saved["n_warmup"] == 3 and saved["n_recorded"] == 0
+    from slhmc_jax.checkpoint import read_state
+
+    saved = read_state(ck)
+    assert saved.n_warmup == 3 and saved.n_recorded == 0
     resumed = mod.run(str(ck))
     ref = mod.run()
     _assert_identical(resumed, ref)
-    assert 0 < ref.acceptance_rate.mean() < 1 and len(ref.diagnostics["warmup"]) == 6
+    assert 0 < ref.acceptance_rate.mean() < 1 and len(ref.diagnostics.warmup) == 6
 
 
 def test_sigkill_at_any_instant_of_npt_production_then_resume_is_bit_identical(script, tmp_path):
@@ -115,7 +123,7 @@ def test_sigkill_at_any_instant_of_npt_production_then_resume_is_bit_identical(s
     resumed = mod.run(str(ck), "npt")
     ref = mod.run(None, "npt")
     _assert_identical(resumed, ref)
-    assert np.any(ref.diagnostics["move"] == 1) and np.ptp(np.linalg.det(ref.cells)) > 0
+    assert np.any(ref.diagnostics.move == 1) and np.ptp(np.linalg.det(ref.cells)) > 0
     # O(1) checkpoint I/O per step: the state file does not grow with the steps, the records are
     # fixed-size appends
     assert abs(os.path.getsize(ck) - size_at_kill) < 256
@@ -134,3 +142,103 @@ def test_resume_refuses_other_settings(script, tmp_path):
     with pytest.raises(ValueError, match="other settings"):
         slhmc_jax.sample(atoms, mod.PROPOSAL, mod.make_target(), temperature_K=400.0, n_chains=8, n_steps=16,
                          trajectory_steps=5, timestep_fs=1.0, seed=3, checkpoint=str(ck), warmup_steps=6, progress=False)
+
+
+# ---- a PySCF run with a label store and forces, SIGKILLed at a random moment and resumed
+
+PYSCF_SCRIPT = r'''
+import os, sys
+import ase
+import jax.numpy as jnp
+import numpy as np
+import slhmc_jax
+from slhmc_jax.models.base import FunctionPotential
+from slhmc_jax.targets import PySCFTarget
+
+R0, K_R, THETA0, K_THETA = 1.02, 45.0, np.deg2rad(97.0), 4.0  # harmonic valence model near PBE/STO-3G
+
+
+def water_model(x, cell, z):
+    d1, d2 = x[1] - x[0], x[2] - x[0]
+    r1, r2 = jnp.linalg.norm(d1), jnp.linalg.norm(d2)
+    theta = jnp.arccos(jnp.clip(jnp.dot(d1, d2) / (r1 * r2), -1 + 1e-12, 1 - 1e-12))
+    return 0.5 * K_R * ((r1 - R0) ** 2 + (r2 - R0) ** 2) + 0.5 * K_THETA * (theta - THETA0) ** 2
+
+
+class Counted(PySCFTarget):
+    """Appends one line to a counter file (fsynced) before every PySCF evaluation."""
+
+    counter = None
+
+    def evaluate_one(self, atoms, dm0=None):
+        with open(self.counter, "a") as fh:
+            fh.write("call\n"); fh.flush(); os.fsync(fh.fileno())
+        return super().evaluate_one(atoms, dm0)
+
+
+def run(checkpoint, store, counter):
+    Counted.counter = counter
+    atoms = ase.Atoms("OHH", positions=[[0, 0, 0.119262], [0, 0.763239, -0.477047], [0, -0.763239, -0.477047]])
+    target = Counted("pbe", basis="sto-3g", grids_level=0, conv_tol=1e-8)
+    return slhmc_jax.sample(atoms, FunctionPotential(water_model), target, temperature_K=300.0, n_chains=4, n_steps=10,
+                            trajectory_steps=6, timestep_fs=0.4, seed=11, checkpoint=checkpoint, store=store,
+                            labels="forces", progress=False)
+
+
+if __name__ == "__main__":
+    res = run(*sys.argv[1:4])
+    np.savez(sys.argv[4], positions=res.positions, energies=res.target_energies, accepted=res.accepted,
+             keys=res.store_keys, n_target_calls=res.diagnostics.n_target_calls, n_judged=res.diagnostics.n_judged)
+'''
+
+
+def _lines(path):
+    return len(open(path).read().splitlines()) if os.path.exists(path) else 0
+
+
+def test_pyscf_store_forces_sigkill_resume_repeats_no_dft_call(tmp_path):
+    """Issue 11 #3: every distinct evaluated configuration has one store row with energy and forces;
+    a SIGKILL at a random moment, then a resume, makes exactly as many new PySCF calls as results
+    were missing, and gives the same chain as an uninterrupted run."""
+    from test_store import _rows  # the store's row count, read-only while another process writes it
+
+    from slhmc_jax.store import LabelStore
+
+    script = tmp_path / "pyscf_run.py"
+    script.write_text(PYSCF_SCRIPT)
+    env = dict(_env(), OMP_NUM_THREADS="1")
+    ck, db, counter, out = (tmp_path / n for n in ("run.ckpt", "labels.sqlite", "calls.txt", "killed.npz"))
+    cmd = [sys.executable, str(script), str(ck), str(db), str(counter), str(out)]
+    kill_after = int(np.random.default_rng(2026).integers(6, 30))  # PySCF calls started before the kill
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while _lines(counter) < kill_after:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, "run too slow"
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    rows_at_kill, calls_at_kill = _rows(db), _lines(counter)
+    assert 0 < rows_at_kill <= calls_at_kill and not out.exists()
+
+    subprocess.run(cmd, env=env, check=True, timeout=300)
+    resumed = np.load(out)
+    new_calls = _lines(counter) - calls_at_kill
+    rows = _rows(db)
+    assert new_calls == rows - rows_at_kill  # every missing result, and nothing else, was computed
+    assert int(resumed["n_judged"]) == rows == int(resumed["n_target_calls"])  # one row per distinct configuration
+    store = LabelStore(db)
+    for numbers, pos, cell, pbc, e, f, s in store.rows():  # each with energy and forces
+        assert np.isfinite(e) and np.asarray(json.loads(f)).shape == (3, 3)
+
+    ref_out = tmp_path / "ref.npz"
+    subprocess.run([sys.executable, str(script), str(tmp_path / "ref.ckpt"), str(tmp_path / "ref.sqlite"),
+                    str(tmp_path / "ref_calls.txt"), str(ref_out)], env=env, check=True, timeout=300)
+    ref = np.load(ref_out)
+    assert _lines(tmp_path / "ref_calls.txt") == rows  # the uninterrupted run made as many calls in all
+    np.testing.assert_array_equal(resumed["positions"], ref["positions"])
+    np.testing.assert_array_equal(resumed["accepted"], ref["accepted"])
+    np.testing.assert_array_equal(resumed["keys"], ref["keys"])
+    # energies: the same SCF solutions (a resumed process restarts its warm starts cold)
+    np.testing.assert_allclose(resumed["energies"], ref["energies"], rtol=0, atol=1e-6)
+    assert 0.2 < ref["accepted"].mean() < 1

@@ -45,16 +45,16 @@ def test_rhat_near_one_for_well_mixed_slhmc_chains():
     n_chains, n_atoms = 16, 3
     masses = jnp.full(n_atoms, 12.0)
     z = jnp.ones(n_atoms, jnp.int32)
-    cell = jnp.eye(3) * 20.0
+    cells = jnp.broadcast_to(jnp.eye(3) * 20.0, (n_chains, 3, 3))
     # over-dispersed starts, as R-hat expects
     x0 = jax.random.normal(jax.random.PRNGKey(1), (n_chains, n_atoms, 3)) * 0.15  # equilibrium spread is 0.11 A
-    keys = jax.random.split(jax.random.PRNGKey(0), n_chains)
-    states = jax.vmap(lambda x, k: hmc.init(x, cell, target(x), k))(x0, keys)
+    states = hmc.init(x0, cells, jax.vmap(target)(x0), 0)
+    kernel = hmc.hmc_kernel(proposal, z, masses, T)
 
     @jax.jit
     def step(states):
-        prop = jax.vmap(lambda s: hmc.propose(s, proposal, None, z, masses, T, 10, 2.0))(states)
-        return jax.vmap(lambda s, p, e: hmc.accept(s, p, e, T))(states, prop, jax.vmap(target)(prop.positions))
+        prop = kernel.propose(states, None, 2.0, 10)
+        return kernel.accept(states, prop, jax.vmap(target)(prop.positions))
 
     energies, accepted, errors = [], [], []
     for _ in range(600):

@@ -17,17 +17,17 @@ KT = KB_EV_PER_K * T
 
 
 def _run(potential, target_fn, x0, masses, n_chains, n_iter, n_traj, dt, seed=0):
-    cell = jnp.eye(3) * 20.0
+    cells = jnp.broadcast_to(jnp.eye(3) * 20.0, (n_chains, 3, 3))
     z = jnp.ones(x0.shape[0], jnp.int32)
-    keys = jax.random.split(jax.random.PRNGKey(seed), n_chains)
     xs = jnp.broadcast_to(x0, (n_chains,) + x0.shape)
-    states = jax.vmap(lambda x, k: hmc.init(x, cell, target_fn(x), k))(xs, keys)
+    states = hmc.init(xs, cells, jax.vmap(target_fn)(xs), seed)
+    kernel = hmc.hmc_kernel(potential, z, masses, T)
 
     @jax.jit
     def step(states):
-        prop = jax.vmap(lambda s: hmc.propose(s, potential, None, z, masses, T, n_traj, dt))(states)
+        prop = kernel.propose(states, None, dt, n_traj)
         e_t = jax.vmap(target_fn)(prop.positions)  # the "host query" of the target, here closed form
-        return jax.vmap(lambda s, p, e: hmc.accept(s, p, e, T))(states, prop, e_t)
+        return kernel.accept(states, prop, e_t)
 
     out = []
     for _ in range(n_iter):

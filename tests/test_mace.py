@@ -178,18 +178,22 @@ def test_parity_with_mace_torch(models, hps, structure):
 
 
 def test_receiver_major_edges_give_the_same_model(models):
-    """The batched-matmul message sum (max_neighbours) equals the flat scatter path; too few slots give NaN."""
+    """The dense per-atom neighbour format (messages summed by batched matmuls) gives the same model
+    as the flat pair list (scatter sum); one slot too few is the neighbour list's overflow."""
+    import dataclasses
+
     from slhmc_jax import neighbours as nl
 
     _, potential = models("mp0_medium")
     atoms = anatase_strained()
-    _, nbrs = nl.allocate(atoms.positions, np.asarray(atoms.cell), (True,) * 3, potential.cutoff, 0.0)
-    k = mace.max_edges_per_atom(nbrs, atoms.positions, np.asarray(atoms.cell), potential.cutoff)
+    layout, nbrs = nl.allocate(atoms.positions, np.asarray(atoms.cell), (True,) * 3, potential.cutoff, 0.0)
+    k = int(nbrs.max_per_atom)
     e, f, s = testing.evaluate(potential, atoms)
-    e_d, f_d, s_d = testing.evaluate(potential.with_max_neighbours(k), atoms)
+    e_d, f_d, s_d = testing.evaluate(potential, atoms, max_neighbours=k)
     assert abs(e - e_d) < 1e-10 and np.max(np.abs(f - f_d)) < 1e-10 and np.max(np.abs(s - s_d)) < 1e-12
-    e_o, f_o, _ = testing.evaluate(potential.with_max_neighbours(k - 1), atoms)
-    assert np.isnan(e_o) and np.all(np.isnan(f_o))  # forces too: an integrator cannot carry on with them
+    short = nl.build(dataclasses.replace(layout, max_neighbours=k - 1), jnp.asarray(atoms.positions),
+                     jnp.asarray(np.asarray(atoms.cell)))
+    assert bool(short.overflow) and int(short.max_per_atom) == k
 
 
 def test_from_torch_reads_the_mace_torch_architecture(models):
@@ -379,11 +383,12 @@ def test_float32_model_computes_in_float32():
 
     potential = mace.build(mace.mp0_hyperparameters("medium", atomic_numbers=(8, 22)), dtype=jnp.float32)
     atoms = rutile()
-    _, nbrs = nl.allocate(atoms.positions, np.asarray(atoms.cell), (True,) * 3, potential.cutoff, 0.0)
     z = jnp.asarray(atoms.numbers)
-    for pot in (potential, potential.with_max_neighbours(200)):
-        hlo = jax.jit(lambda p, x, c, nb: energy_and_forces(pot, p, x, c, z, nb)).lower(
-            pot.params, jnp.asarray(atoms.positions, jnp.float32), jnp.asarray(atoms.cell.array, jnp.float32), nbrs).as_text()
+    for k in (None, 200):  # pair list and dense per-atom format
+        _, nbrs = nl.allocate(atoms.positions, np.asarray(atoms.cell), (True,) * 3, potential.cutoff, 0.0, max_neighbours=k)
+        hlo = jax.jit(lambda p, x, c, nb: energy_and_forces(potential, p, x, c, z, nb)).lower(
+            potential.params, jnp.asarray(atoms.positions, jnp.float32), jnp.asarray(atoms.cell.array, jnp.float32),
+            nbrs).as_text()
         assert not re.findall(r"tensor<(?:\d+x)+f64>", hlo)
 
 
@@ -447,15 +452,10 @@ def test_nve_energy_conservation_with_real_weights(real_models):
     potential = real_models("mace_swa.model")
     atoms = rocksalt_gst64()
     assert len(atoms) == 64
-    # receiver-major edge slots (the fast path; an overflow would give NaN and fail the check)
-    from slhmc_jax import neighbours as nl
-
-    _, nbrs = nl.allocate(atoms.positions, np.asarray(atoms.cell), (True,) * 3, potential.cutoff, 1.0)
-    k = mace.max_edges_per_atom(nbrs, atoms.positions, np.asarray(atoms.cell), potential.cutoff)
-    potential = potential.with_max_neighbours(int(1.5 * k))
+    # the dense per-atom neighbour format (the fast path; an overflow fails the check)
     testing.assert_nve_conserves_energy(
-        potential, atoms, timestep_fs=1.0, n_steps=1000, temperature_K=300.0, max_drift_eV_per_atom=1e-5, skin=1.0
-    )
+        potential, atoms, timestep_fs=1.0, n_steps=1000, temperature_K=300.0, max_drift_eV_per_atom=1e-5, skin=1.0,
+        max_neighbours="auto")
 
 
 def test_other_product_basis_is_refused(models):

@@ -244,3 +244,30 @@ def test_gpu4pyscf_selected_when_available(monkeypatch):
     assert len(converted) == n and r.info["backend"] == "pyscf"
     with pytest.raises(ValueError, match="gpu4pyscf"):
         PySCFTarget("pbe", device="gpu", **kw).evaluate([_h2o()])
+
+
+def test_warm_starts_are_kept_per_chain_whatever_the_batch_order():
+    """Warm-start states are keyed by chain: chains evaluated in another order, or in other batches,
+    start from the same orbitals and give the same results (to PySCF's threaded-summation noise)."""
+    rng = np.random.default_rng(7)
+    first = [_h2o(), _h2o()]
+    first[1].positions[1] += [0.05, 0.0, -0.03]
+    second = [a.copy() for a in first]
+    for a in second:
+        a.positions += rng.normal(scale=0.01, size=a.positions.shape)
+    kw = dict(basis="sto-3g", grids_level=0, conv_tol=1e-9)
+    together = PySCFTarget("pbe", **kw)
+    together.evaluate(first, chains=[0, 1])
+    r_together = together.evaluate(second[::-1], chains=[1, 0])[::-1]  # reversed order
+    apart = PySCFTarget("pbe", **kw)
+    apart.evaluate(first[1:], chains=[1])
+    apart.evaluate(first[:1], chains=[0])
+    r_apart = [apart.evaluate([second[c]], chains=[c])[0] for c in (0, 1)]
+    for a, b in zip(r_together, r_apart):
+        assert a.info["warm_start"] and b.info["warm_start"]
+        assert abs(a.energy_eV - b.energy_eV) < 1e-9 and a.info["scf_cycles"] == b.info["scf_cycles"]
+    for c in (0, 1):  # each chain keeps its own orbitals (keyed by slot, the reversed batch would swap them)
+        np.testing.assert_allclose(np.abs(together.warm_starts.get(c, second[c]).mo_coeff),
+                                   np.abs(apart.warm_starts.get(c, second[c]).mo_coeff), atol=1e-6)
+    assert np.max(np.abs(np.abs(together.warm_starts.get(0, second[0]).mo_coeff)
+                         - np.abs(together.warm_starts.get(1, second[1]).mo_coeff))) > 1e-3

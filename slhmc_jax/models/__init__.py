@@ -3,4 +3,13 @@
 from slhmc_jax.models.base import FunctionPotential, Potential
 from slhmc_jax.models.registry import FlaxPotential, SpeciesTable, available, build, from_flax_module, register
 
-__all__ = ["Potential", "FunctionPotential", "FlaxPotential", "SpeciesTable", "available", "build", "from_flax_module", "register"]
+__all__ = ["Potential", "FunctionPotential", "FlaxPotential", "SpeciesTable", "available", "build", "from_flax_module",
+           "register", "load"]
+
+
+def load(path, dtype=None) -> Potential:
+    """A model from a file: a mace-torch checkpoint (``.model``, needs torch) or the project's own
+    saved MACE (``slhmc_jax.models.mace.save``)."""
+    from slhmc_jax.models import mace
+
+    return mace.load(path, dtype=dtype)

@@ -11,6 +11,8 @@ A potential is data plus a pure function:
 - ``neighbours``: a :class:`slhmc_jax.neighbours.Neighbours` built with a cutoff of at least
   ``potential.cutoff`` (it may contain pairs up to cutoff + skin, which the model must
   ignore), or ``None`` when ``potential.cutoff is None`` (the function sees all atoms).
+  A model that reads the dense per-atom format faster says so with a true
+  ``prefers_dense_neighbours`` attribute (optional; absent means the pair format).
 
 The energy must be jit- and vmap-able; forces and stress come from autodiff
 (:mod:`slhmc_jax.calculator`).

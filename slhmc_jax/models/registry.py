@@ -109,8 +109,18 @@ class FlaxPotential:
     def species_table(self) -> SpeciesTable:
         return SpeciesTable(self.atomic_numbers)
 
+    @property
+    def prefers_dense_neighbours(self) -> bool:
+        """True when the module reads the dense per-atom neighbour format (receiver-major
+        (n_atoms, K) slots) faster than a pair list: callers then allocate that format."""
+        return bool(getattr(self.module, "reads_dense_neighbours", False))
+
     def graph(self, positions, cell, atomic_numbers, neighbours):
-        """The module inputs (species, senders, receivers, edge_vectors, edge_mask)."""
+        """The module inputs (species, senders, receivers, edge_vectors, edge_mask).
+
+        Edges are flat (E,) arrays, or (n_atoms, K) when the neighbours are in the dense format
+        and the module reads it (``reads_dense_neighbours``).
+        """
         if neighbours is None:
             raise ValueError("FlaxPotential needs a neighbour list built with a cutoff >= potential.cutoff")
         n = positions.shape[0]
@@ -118,10 +128,12 @@ class FlaxPotential:
         d = nl.edge_vectors(positions, cell, neighbours)
         r2 = jnp.sum(d * d, axis=-1)
         mask = neighbours.mask & (r2 < self.cutoff**2)
-        far = jnp.zeros_like(d).at[:, 0].set(10.0 * self.cutoff + 1.0)
-        d = jnp.where(mask[:, None], d, far)
+        far = jnp.zeros_like(d).at[..., 0].set(10.0 * self.cutoff + 1.0)
+        d = jnp.where(mask[..., None], d, far)
         senders = jnp.minimum(neighbours.senders, n - 1)
         receivers = jnp.minimum(neighbours.receivers, n - 1)
+        if neighbours.is_dense and not self.prefers_dense_neighbours:
+            senders, receivers, d, mask = senders.reshape(-1), receivers.reshape(-1), d.reshape(-1, 3), mask.reshape(-1)
         return species, senders, receivers, d, mask
 
     def node_energies(self, params, positions, cell, atomic_numbers, neighbours) -> jax.Array:

@@ -3,12 +3,28 @@
 A target takes a batch of configurations (``ase.Atoms``) and returns their energies in eV.
 ``evaluate`` returns the full results (energy, forces, stress where the method has them).
 Impure and slow by nature (DFT); it lives at the edge of the package.
+
+Three kinds of object are accepted wherever a target is (:func:`as_target` turns each into a
+:class:`Target`, so retries, the label store and the failure policy treat them alike):
+
+- a :class:`Target` (``PySCFTarget``, ``ASETarget``, ``DispatchedTarget``, or your own);
+- any ASE calculator (EMT, VASP, CP2K, GPAW, ...), as an :class:`~slhmc_jax.targets.ASETarget`;
+- a plain callable ``f(list of Atoms) -> energies (eV)``, as a :class:`CallableTarget`.
+
+Warm starts (the declared protocol): a target built from single evaluations
+(:class:`SingleEvaluationTarget`) defines ``evaluate_one(atoms, warm) -> (TargetResult, warm')``,
+a pure function of its arguments: ``warm`` is the state the method may start from (PySCF: the
+occupied orbitals of the chain's previous configuration) and ``warm'`` the state it leaves.
+Whoever runs a batch keeps those states in a :class:`WarmStarts`, keyed by chain, so a
+configuration's result never depends on which other chains were in its batch or in what order
+they ran.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -46,8 +62,187 @@ class TargetEvaluationError(RuntimeError):
 
 @runtime_checkable
 class Target(Protocol):
-    """Callable on a list of ase.Atoms -> energies (n,) float64 in eV."""
+    """A batch judge: energies (eV) and full results of lists of ase.Atoms.
+
+    Attributes:
+        compute_forces: whether results carry forces.
+    """
+
+    compute_forces: bool
+
+    def settings(self) -> dict:
+        """Everything that fixes the computed quantity (the label-store key includes it)."""
+        ...
+
+    def evaluate(self, atoms_list: Sequence[Any], chains: Sequence[int] | None = None) -> list[TargetResult]:
+        """Results in input order; ``chains[j]`` names the chain of configuration j (warm starts).
+        Raises TargetEvaluationError (``index`` = the failed position) when one fails."""
+        ...
 
     def __call__(self, atoms_list: Sequence[Any]) -> np.ndarray: ...
 
-    def evaluate(self, atoms_list: Sequence[Any]) -> list[TargetResult]: ...
+
+class WarmStarts:
+    """Per-chain warm-start states: the state a chain's last configuration left, offered to the
+    chain's next configuration when it has the same atoms (same atomic numbers in the same order).
+
+    Warm states belong to the process that runs the batches: a pickled (or copied-to-a-worker)
+    WarmStarts starts empty.
+    """
+
+    def __init__(self):
+        self._states: dict[int, tuple[tuple[int, ...], Any]] = {}
+
+    def get(self, chain: int, atoms) -> Any:
+        """The warm state for ``atoms`` as the next configuration of ``chain``, or None."""
+        numbers, state = self._states.get(int(chain), (None, None))
+        return state if numbers == tuple(atoms.get_atomic_numbers()) else None
+
+    def put(self, chain: int, atoms, state) -> None:
+        self._states[int(chain)] = (tuple(atoms.get_atomic_numbers()), state)
+
+    def __getstate__(self):
+        return {"_states": {}}
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+
+def default_chains(atoms_list: Sequence[Any], chains: Sequence[int] | None) -> list[int]:
+    """``chains`` as a list (default 0..n-1: configuration j belongs to chain j)."""
+    chains = list(range(len(atoms_list))) if chains is None else [int(c) for c in chains]
+    if len(chains) != len(atoms_list):
+        raise ValueError(f"{len(chains)} chain ids for {len(atoms_list)} configurations")
+    return chains
+
+
+class SingleEvaluationTarget:
+    """A Target made of single evaluations ``evaluate_one(atoms, warm) -> (TargetResult, warm')``.
+
+    Batches run one configuration after the other in this process, warm-started per chain
+    (``warm_start`` attribute, default True). Subclasses define ``evaluate_one``, ``settings``
+    and a ``compute_forces`` attribute.
+    """
+
+    warm_start: bool = True
+    compute_forces: bool = False
+
+    @property
+    def warm_starts(self) -> WarmStarts:
+        """This target's per-chain warm-start states (created on first use)."""
+        if "_warm_starts" not in self.__dict__:
+            self.__dict__["_warm_starts"] = WarmStarts()
+        return self.__dict__["_warm_starts"]
+
+    def evaluate_one(self, atoms, warm=None) -> tuple[TargetResult, Any]:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+    def evaluate_streaming(self, atoms_list: Sequence[Any], chains: Sequence[int] | None = None
+                           ) -> Iterator[tuple[int, TargetResult]]:
+        """Yield (j, TargetResult) as each configuration finishes; ``chains[j]`` is its chain."""
+        for j, (atoms, chain) in enumerate(zip(atoms_list, default_chains(atoms_list, chains))):
+            warm = self.warm_starts.get(chain, atoms) if self.warm_start else None
+            try:
+                result, state = self.evaluate_one(atoms, warm)
+            except TargetEvaluationError as err:
+                err.index = j
+                raise
+            self.warm_starts.put(chain, atoms, state)
+            yield j, result
+
+    def evaluate(self, atoms_list: Sequence[Any], chains: Sequence[int] | None = None) -> list[TargetResult]:
+        return [r for _, r in self.evaluate_streaming(atoms_list, chains)]
+
+    def __call__(self, atoms_list: Sequence[Any]) -> np.ndarray:
+        return np.array([r.energy_eV for r in self.evaluate(atoms_list)], dtype=np.float64)
+
+    def with_forces(self):
+        """A copy of this target that also computes forces (its own, empty warm-start states)."""
+        other = copy.copy(self)
+        other.__dict__.pop("_warm_starts", None)
+        other.compute_forces = True
+        return other
+
+
+class CallableTarget(SingleEvaluationTarget):
+    """A plain function ``fn(list of ase.Atoms) -> energies (eV)`` as a Target (energies only).
+
+    A batch is one call of ``fn``; a single evaluation calls it on a list of one. Any exception
+    it raises, and a non-finite or missing energy, becomes a TargetEvaluationError. Its settings
+    (and so its label-store keys) are the function's module and qualified name: functions that
+    share a store need distinct names.
+    """
+
+    warm_start = False
+
+    def __init__(self, fn: Callable[[list], Sequence[float]]):
+        self.fn = fn
+
+    def settings(self) -> dict:
+        fn = self.fn
+        name = getattr(fn, "__qualname__", None) or type(fn).__qualname__  # an instance: its class
+        return {"method": "callable", "function": f"{getattr(fn, '__module__', None) or type(fn).__module__}.{name}"}
+
+    def _energies(self, atoms_list) -> np.ndarray:
+        try:
+            e = np.asarray(self.fn(list(atoms_list)), np.float64).reshape(-1)
+        except TargetEvaluationError:
+            raise
+        except Exception as err:  # the user's function: any failure is a failed evaluation
+            raise TargetEvaluationError(f"target function {self.settings()['function']} failed: {err!r}",
+                                        settings=self.settings()) from err
+        if e.shape != (len(atoms_list),):
+            raise ValueError(f"target function returned {e.size} energies for {len(atoms_list)} configurations")
+        bad = np.flatnonzero(~np.isfinite(e))
+        if bad.size:
+            raise TargetEvaluationError(f"target function returned a non-finite energy {e[bad[0]]}", index=int(bad[0]),
+                                        settings=self.settings())
+        return e
+
+    def evaluate_one(self, atoms, warm=None) -> tuple[TargetResult, None]:
+        return TargetResult(float(self._energies([atoms])[0])), None
+
+    def evaluate_streaming(self, atoms_list, chains=None):
+        default_chains(atoms_list, chains)
+        yield from enumerate(TargetResult(float(e)) for e in self._energies(atoms_list))
+
+    def with_forces(self):
+        raise ValueError("a plain target function gives energies only: labels='forces' needs a Target that "
+                         "computes forces (PySCFTarget, ASETarget or an ASE calculator)")
+
+
+def stream(target: Target, atoms_list: Sequence[Any], chains: Sequence[int] | None = None
+           ) -> Iterator[tuple[int, TargetResult]]:
+    """(j, result) pairs of a batch, as they finish where the target streams, else in order."""
+    if hasattr(target, "evaluate_streaming"):
+        yield from target.evaluate_streaming(atoms_list, chains)
+    else:
+        yield from enumerate(target.evaluate(atoms_list, chains))
+
+
+def is_ase_calculator(obj) -> bool:
+    return hasattr(obj, "get_potential_energy") and hasattr(obj, "calculate")
+
+
+def as_target(obj) -> Target:
+    """A :class:`Target`, an ASE calculator or a callable on a list of Atoms, as a Target."""
+    if isinstance(obj, Target):
+        return obj
+    if is_ase_calculator(obj):
+        from slhmc_jax.targets.ase_target import ASETarget
+
+        return ASETarget(obj, compute_forces=False)
+    if callable(obj):
+        return CallableTarget(obj)
+    raise TypeError(f"target must be a slhmc_jax Target, an ASE calculator or a callable on a list of Atoms; "
+                    f"got {type(obj).__name__}")
+
+
+def with_forces(target: Target) -> Target:
+    """``target`` computing forces too (itself if it already does)."""
+    if getattr(target, "compute_forces", False):
+        return target
+    make = getattr(target, "with_forces", None)
+    if make is None:
+        raise ValueError(f"{type(target).__name__} cannot be asked for forces (no with_forces method)")
+    return make()

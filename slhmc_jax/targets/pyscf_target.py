@@ -3,8 +3,10 @@
 Energies in eV (``ase.units.Hartree``), forces in eV/A where PySCF has analytic gradients,
 stress in eV/A^3 for periodic LDA/GGA/meta-GGA cells (FFTDF).
 
-Warm starts: slot k of every batch is chain k. After a converged SCF the occupied orbitals of
-slot k are kept (``WarmState``) and, for the next configuration of the same slot (same atoms),
+Warm starts (the protocol of :mod:`slhmc_jax.targets.base`): ``evaluate_one(atoms, warm)`` is a
+pure function of its arguments; batches keep the states per chain. After a converged SCF the
+occupied orbitals of the chain are kept (``WarmState``) and, for the chain's next configuration
+(same atoms),
 re-orthonormalised in the new overlap matrix to give the initial density (``project_occupied``),
 which cuts SCF cycles for the small displacements of an HMC step (>= 30% on a TiO2 chain of
 0.02 A steps, see tests/test_targets.py). A geometry that does not fit falls back to minao.
@@ -31,12 +33,14 @@ documented as that truncation.
 from __future__ import annotations
 
 import time
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 from ase.units import Bohr, Hartree
 
-from slhmc_jax.targets.base import TargetEvaluationError, TargetResult
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from slhmc_jax.targets.base import SingleEvaluationTarget, TargetEvaluationError, TargetResult
 
 PRESETS = {"pbe": "PBE", "r2scan": "r2SCAN", "hse06": "HSE06", "hse": "HSE06", "lda": "LDA", "b3lyp": "B3LYP"}
 MIN_DISTANCE_A = 0.5
@@ -174,7 +178,7 @@ def _initial_guess(start, mf, unrestricted: bool = False):
     return dm if dm.shape[-2:] == (nao, nao) else None
 
 
-class PySCFTarget:
+class PySCFTarget(SingleEvaluationTarget):
     """PySCF Kohn-Sham DFT energies (eV) of a batch of ase.Atoms.
 
     Args:
@@ -197,7 +201,7 @@ class PySCFTarget:
             for LDA/GGA/meta-GGA with FFTDF and the k-point code only (a gamma-only cell then
             runs as KRKS with the single k-point 0, same energy): hybrids, multigrid and
             smearing are refused here with a ValueError, molecules at evaluation time.
-        warm_start: start each batch slot from the orbitals of its previous configuration.
+        warm_start: start each chain's configuration from the orbitals of its previous one.
         threads: pyscf lib.num_threads per evaluation (None = leave as is).
         device: 'auto' (gpu4pyscf when it imports and a CUDA device is visible, else CPU PySCF),
             'cpu', or 'gpu' (error when no GPU/gpu4pyscf). Resolved where the evaluation runs
@@ -233,7 +237,6 @@ class PySCFTarget:
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}; got {device!r}")
         self.device = device
-        self._dm: dict[int, tuple[Any, Any]] = {}
 
     def use_gpu(self) -> bool:
         """Whether evaluations in this process run on gpu4pyscf (see ``device``)."""
@@ -438,25 +441,4 @@ class PySCFTarget:
             sigma = _to_numpy(gm.get_stress())  # (1/V) dE/de_ij, Ha/Bohr^3
         except (NotImplementedError, AttributeError, AssertionError) as err:
             raise ValueError(f"PySCF has no stress tensor for {self.settings()}: {err!r}") from None
-        sigma = 0.5 * (sigma + sigma.T)
-        voigt = np.array([sigma[0, 0], sigma[1, 1], sigma[2, 2], sigma[1, 2], sigma[0, 2], sigma[0, 1]])
-        return voigt * Hartree / Bohr**3
-
-    def evaluate_streaming(self, atoms_list: Sequence[Any], slots: Sequence[int] | None = None):
-        """Yield (j, TargetResult) as each configuration finishes; slot slots[j] (default j) is its chain."""
-        slots = list(range(len(atoms_list))) if slots is None else list(slots)
-        for j, atoms in enumerate(atoms_list):
-            k = slots[j]
-            key = tuple(atoms.get_atomic_numbers())
-            prev = self._dm.get(k, (None, None))
-            dm0 = prev[1] if (self.warm_start and prev[0] == key) else None
-            res, dm = self.evaluate_one(atoms, dm0)
-            self._dm[k] = (key, dm)
-            yield j, res
-
-    def evaluate(self, atoms_list: Sequence[Any]) -> list[TargetResult]:
-        """Evaluate sequentially; slot k reuses the dm of slot k from the previous call."""
-        return [r for _, r in self.evaluate_streaming(atoms_list)]
-
-    def __call__(self, atoms_list: Sequence[Any]) -> np.ndarray:
-        return np.array([r.energy_eV for r in self.evaluate(atoms_list)], dtype=np.float64)
+        return full_3x3_to_voigt_6_stress(sigma) * Hartree / Bohr**3  # symmetrised (sigma + sigma^T) / 2

@@ -15,7 +15,6 @@ from slhmc_jax.models.mace.model import (
     MACEHyperparameters,
     MACEPotential,
     build,
-    max_edges_per_atom,
     mp0_hyperparameters,
     node_energies,
 )
@@ -29,7 +28,6 @@ __all__ = [
     "build",
     "from_torch",
     "load",
-    "max_edges_per_atom",
     "mp0_hyperparameters",
     "node_energies",
     "save",

@@ -241,40 +241,9 @@ def symmetric_contraction(coupling, irreps_out, correlations, weights, x, specie
 # receiver-major ("dense") edge layout: messages summed by batched matrix products
 
 
-class DenseEdges(NamedTuple):
-    """Edges regrouped per receiver into ``max_neighbours`` slots.
-
-    slot_edge: (n, K) int32 index into the flat edge arrays (E for empty slots).
-    slot_mask: (n, K) bool.
-    senders: (n, K) int32 sender of each slot (0 for empty slots).
-    overflow: () bool, True if some atom has more than K edges (the result is then invalid).
-    """
-
-    slot_edge: jax.Array
-    slot_mask: jax.Array
-    senders: jax.Array
-    overflow: jax.Array
-
-
-def dense_edges(senders, receivers, edge_mask, n_nodes: int, max_neighbours: int) -> DenseEdges:
-    """Group the flat edge list by receiver (integer work only, no gradients flow through it)."""
-    n_edges = senders.shape[0]
-    key = jnp.where(edge_mask, receivers, n_nodes)
-    order = jnp.argsort(key, stable=True)
-    sorted_key = key[order]
-    counts = jax.ops.segment_sum(edge_mask.astype(jnp.int32), jnp.where(edge_mask, receivers, 0), num_segments=n_nodes)
-    starts = jnp.cumsum(counts) - counts
-    rank = jnp.arange(n_edges, dtype=jnp.int32) - jnp.take(starts, jnp.minimum(sorted_key, n_nodes - 1))
-    row = jnp.where(sorted_key < n_nodes, sorted_key, n_nodes)  # invalid edges go out of bounds (dropped)
-    slot_edge = jnp.full((n_nodes, max_neighbours), n_edges, jnp.int32)
-    slot_edge = slot_edge.at[row, rank].set(order.astype(jnp.int32), mode="drop")
-    slot_mask = slot_edge < n_edges
-    slot_senders = jnp.where(slot_mask, jnp.take(senders, jnp.minimum(slot_edge, n_edges - 1)), 0)
-    return DenseEdges(slot_edge, slot_mask, slot_senders, jnp.max(counts) > max_neighbours)
-
-
-def conv_messages_dense(plan: ConvPlan, node_chunks, sh_chunks, edge_weights, dense: DenseEdges):
-    """Same result as :func:`conv_messages` with edges in receiver-major slots.
+def conv_messages_dense(plan: ConvPlan, node_chunks, sh_chunks, edge_weights, slot_senders):
+    """Same result as :func:`conv_messages` with edges in receiver-major slots (the dense
+    per-atom neighbour format of :mod:`slhmc_jax.neighbours`).
 
     The sum over a receiver's edges is a batched matrix product, so the per-edge message tensor
     (E, mul, 2l+1) is never written to memory:
@@ -284,9 +253,10 @@ def conv_messages_dense(plan: ConvPlan, node_chunks, sh_chunks, edge_weights, de
     Args:
         sh_chunks: per degree (n, K, 2l+1), zero in empty slots.
         edge_weights: (n, K, weight_numel), zero in empty slots.
+        slot_senders: (n, K) int32 sender of each slot (any valid atom index in empty slots).
     """
     dtype = node_chunks[0].dtype
-    gathered = [jnp.take(c, dense.senders, axis=0) for c in node_chunks]  # (n, K, mul, d)
+    gathered = [jnp.take(c, slot_senders, axis=0) for c in node_chunks]  # (n, K, mul, d)
     out = []
     offset = 0
     for i, j, k in plan.instructions:

@@ -336,24 +336,25 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
-def node_energies(h: MACEHyperparameters, params, species, senders, receivers, edge_vectors, edge_mask, max_neighbours=None,
+def node_energies(h: MACEHyperparameters, params, species, senders, receivers, edge_vectors, edge_mask,
                   backend: str = "e3nn"):
     """(n,) per-atom energies in eV (E0 included), in the dtype of ``edge_vectors``.
 
-    With ``max_neighbours`` (K) the edges are regrouped per receiver into K slots and messages are
-    summed by batched matrix products (several times faster on CPU, same result); if an atom has
-    more than K edges the energies are NaN (callers check :func:`max_edges_per_atom` first).
+    Edges come as a flat list (E,) or in the dense per-atom format (n, K) of
+    :mod:`slhmc_jax.neighbours` (row a holds the edges received by atom a): there messages are
+    summed by batched matrix products (several times faster on CPU, same result).
 
     ``backend="cuequivariance"`` evaluates the edge tensor product (gather, product and
     scatter-sum fused) and the symmetric contraction with cuequivariance's segmented polynomials
-    (:mod:`slhmc_jax.models.mace.cue_ops`; CUDA kernels on a GPU), on the flat edge list (slots
-    are not used); ``"auto"`` picks it where its CUDA kernels run. Same function, same weights.
+    (:mod:`slhmc_jax.models.mace.cue_ops`; CUDA kernels on a GPU), on the flat edge list (a dense
+    table is read as one); ``"auto"`` picks it where its CUDA kernels run. Same function, same weights.
 
     Args:
         species: (n,) int32 index into ``h.atomic_numbers``.
-        senders, receivers: (E,) int32; the message of edge e goes from senders[e] to receivers[e].
-        edge_vectors: (E, 3) A, r_receiver - r_sender (+ lattice shift).
-        edge_mask: (E,) bool; masked edges must have |r| >= r_max (they then carry no weight).
+        senders, receivers: (E,) or (n, K) int32; the message of edge e goes from senders[e] to
+            receivers[e] (valid atom indices also where masked).
+        edge_vectors: (E, 3) or (n, K, 3) A, r_receiver - r_sender (+ lattice shift).
+        edge_mask: (E,) or (n, K) bool; masked edges must have |r| >= r_max (they then carry no weight).
     """
     dtype = edge_vectors.dtype
     n = species.shape[0]
@@ -361,18 +362,16 @@ def node_energies(h: MACEHyperparameters, params, species, senders, receivers, e
     use_cue = resolve_backend(backend) == "cuequivariance"
     if use_cue:
         from slhmc_jax.models.mace import cue_ops
-    dense = None
-    if max_neighbours is not None and not use_cue:
-        dense = blocks.dense_edges(senders, receivers, edge_mask, n, int(max_neighbours))
-        pad = jnp.concatenate([edge_vectors, jnp.full((1, 3), 2.0 * h.r_max, dtype)], axis=0)
-        edge_vectors = jnp.take(pad, dense.slot_edge, axis=0).reshape(-1, 3)  # (n*K, 3)
-        edge_mask = dense.slot_mask.reshape(-1)
+    dense = senders.ndim == 2 and not use_cue
+    slot_senders = senders if dense else None
+    senders, receivers = senders.reshape(-1), receivers.reshape(-1)
+    edge_vectors, edge_mask = edge_vectors.reshape(-1, 3), edge_mask.reshape(-1)
     r = jnp.linalg.norm(jnp.where(edge_mask[:, None], edge_vectors, 2.0 * h.r_max), axis=-1)
     safe = jnp.where(edge_mask[:, None], edge_vectors, jnp.ones_like(edge_vectors))
     sh = _spherical_harmonics(safe, h.max_ell)
     radial = blocks.bessel_basis(r, h.r_max, h.num_bessel) * blocks.polynomial_cutoff(r, h.r_max, h.num_polynomial_cutoff)[:, None]
     radial = jnp.where(edge_mask[:, None], radial, 0.0)
-    if dense is not None:
+    if dense:
         sh = [jnp.where(edge_mask[:, None], y, 0.0).reshape(n, -1, y.shape[-1]) for y in sh]
 
     emb = jnp.take(params["node_embedding"].astype(dtype), species, axis=0) / float(np.sqrt(n_species))
@@ -386,10 +385,11 @@ def node_energies(h: MACEHyperparameters, params, species, senders, receivers, e
         edge_weights = blocks.radial_mlp(p_int["radial_mlp"], radial, h.silu_normalization)
         if use_cue:
             msgs = cue_ops.conv_messages(layer.conv, up, sh, edge_weights, senders, receivers, n)
-        elif dense is None:
+        elif not dense:
             msgs = blocks.conv_messages(layer.conv, up, sh, edge_weights, senders, receivers, n)
         else:
-            msgs = blocks.conv_messages_dense(layer.conv, up, sh, edge_weights.reshape(n, -1, edge_weights.shape[-1]), dense)
+            msgs = blocks.conv_messages_dense(layer.conv, up, sh, edge_weights.reshape(n, -1, edge_weights.shape[-1]),
+                                              slot_senders)
         msgs = [m / h.avg_num_neighbors for m in blocks.linear(layer.linear, p_int["linear"], msgs)]
         if not layer.residual:
             msgs = blocks.species_linear(layer.target_irreps, layer.target_irreps, p_int["skip"], msgs, species, n_species)
@@ -410,24 +410,7 @@ def node_energies(h: MACEHyperparameters, params, species, senders, receivers, e
     scale = params["scale"].astype(dtype)
     shift = params["shift"].astype(dtype)
     e0 = jnp.take(params["atomic_energies"].astype(dtype), species)
-    out = e0 + scale * node_energy + shift
-    if dense is not None:
-        # NaN energies *and* forces on slot overflow (a where() would leave finite forces that an
-        # integrator could carry on with)
-        out = out * jnp.where(dense.overflow, jnp.nan, 1.0).astype(dtype)
-    return out
-
-
-def max_edges_per_atom(neighbours, positions, cell, cutoff: float) -> int:
-    """Host-side: the largest number of edges (|r| < cutoff) any atom receives."""
-    import numpy as onp
-
-    from slhmc_jax import neighbours as nl
-
-    d = onp.asarray(nl.edge_vectors(jnp.asarray(positions), jnp.asarray(cell), neighbours))
-    mask = onp.asarray(neighbours.mask) & (onp.sum(d * d, axis=-1) < cutoff**2)
-    receivers = onp.asarray(neighbours.receivers)[mask]
-    return int(onp.bincount(receivers).max()) if receivers.size else 0
+    return e0 + scale * node_energy + shift
 
 
 # ----------------------------------------------------------------------------------------
@@ -439,12 +422,17 @@ class _MACEModule:
     """Adapter giving :class:`FlaxPotential` the ``apply(params, species, senders, receivers, d, mask)`` it calls."""
 
     hyperparameters: MACEHyperparameters
-    max_neighbours: int | None = None
     backend: str = "auto"
+
+    @property
+    def reads_dense_neighbours(self) -> bool:
+        """The dense per-atom format pays on the e3nn path (batched matmuls); cuequivariance's
+        fused kernels read the flat list."""
+        return resolve_backend(self.backend) == "e3nn"
 
     def apply(self, params, species, senders, receivers, edge_vectors, edge_mask):
         return node_energies(self.hyperparameters, params, species, senders, receivers, edge_vectors, edge_mask,
-                             self.max_neighbours, self.backend)
+                             self.backend)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -473,19 +461,6 @@ class MACEPotential(FlaxPotential):
 
     def with_params(self, params) -> "MACEPotential":
         return dataclasses.replace(self, params=params)
-
-    @property
-    def max_neighbours(self) -> int | None:
-        return self.module.max_neighbours
-
-    def with_max_neighbours(self, max_neighbours: int | None) -> "MACEPotential":
-        """The same model evaluated with edges grouped per receiver into ``max_neighbours`` slots
-        (faster; energies become NaN if an atom has more edges, so pick a margin, e.g. 1.3x the
-        largest count of :func:`max_edges_per_atom`). ``None`` restores the flat scatter path."""
-        if max_neighbours is not None and int(max_neighbours) < 1:
-            raise ValueError(f"max_neighbours must be a positive integer or None; got {max_neighbours}")
-        module = dataclasses.replace(self.module, max_neighbours=None if max_neighbours is None else int(max_neighbours))
-        return dataclasses.replace(self, module=module)
 
     @property
     def backend(self) -> str:
