@@ -54,6 +54,8 @@ class FinetuneResult:
         steps: optimizer updates done (in total, over resumed runs).
         compiled_shapes: distinct batch shapes the train step ran on (<= n_buckets).
         n_trainable: number of trained scalars (for LoRA: adapter entries).
+        trained: the trained leaves by pytree path as returned (LoRA: the adapters
+            {path: {"A": (mul_in, r), "B": (r, mul_out)}}, already merged into ``potential``).
         reference_energies_eV: the refitted per-element E0 (species-table order), or None.
         settings: the settings used.
     """
@@ -65,6 +67,7 @@ class FinetuneResult:
     steps: int
     compiled_shapes: int
     n_trainable: int
+    trained: dict
     reference_energies_eV: tuple[float, ...] | None
     settings: FinetuneSettings
 
@@ -524,6 +527,7 @@ def finetune(potential, train, valid=None, *, settings: FinetuneSettings = Finet
         steps=int(state.step),
         compiled_shapes=len(shapes_used),
         n_trainable=strategies.n_trainable(state.trainable),
+        trained=final,
         reference_energies_eV=None if e0_fit is None else tuple(float(v) for v in e0_fit.E0_eV),
         settings=settings,
     )
