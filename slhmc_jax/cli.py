@@ -137,6 +137,48 @@ def run_finetune(args) -> int:
     return 0
 
 
+def add_analyze_parser(sub) -> None:
+    """``slhmc analyze RUN_DIR`` or ``slhmc analyze TRAJECTORY --reference REF``: report.json, report.md, figures."""
+    an = sub.add_parser("analyze", help="report (JSON, markdown, PNG figures) of a run directory, or of a trajectory "
+                                        "against a reference trajectory")
+    an.add_argument("path", help="a run directory, or a trajectory file (extxyz or anything ASE reads) with --reference")
+    an.add_argument("--reference", default=None, help="reference trajectory (the target distribution) to compare PATH with")
+    an.add_argument("--out", default=None, help="output directory (default: the run directory; for a trajectory, "
+                                                 "PATH without its suffix + '_report')")
+    an.add_argument("--pair", dest="pairs", nargs=2, action="append", metavar=("A", "B"), default=None,
+                    help="element pair for RDFs and nearest-neighbour distances, e.g. --pair Ti O (repeatable)")
+    an.add_argument("--k", type=int, default=None, help="nearest neighbours per atom (default 6 where periodic)")
+    an.add_argument("--r-max-A", dest="r_max_A", type=float, default=None, help="RDF range, Angstrom (default 6 where periodic)")
+    an.add_argument("--bins", type=int, default=200, help="RDF bins")
+    an.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates per interval")
+    an.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+
+
+def run_analyze(args) -> int:
+    from pathlib import Path
+
+    from slhmc_jax import report
+
+    settings = report.ReportSettings(
+        pairs=tuple(tuple(p) for p in args.pairs) if args.pairs else None, k=args.k, r_max_A=args.r_max_A,
+        n_bins=args.bins, n_bootstrap=args.bootstrap, seed=args.seed,
+    )
+    path = Path(args.path)
+    try:
+        if args.reference is not None:
+            out = Path(args.out) if args.out else path.with_name(path.stem + "_report")
+            files = report.compare_trajectories(path, args.reference, out, settings)
+        elif path.is_dir():
+            files = report.report_run_directory(path, args.out, settings)
+        else:
+            raise ValueError(f"{path} is not a run directory; to compare a trajectory file, give --reference REF")
+    except ValueError as err:
+        print(f"slhmc analyze: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {files.json}, {files.markdown} and {len(files.figures)} figures in {files.json.parent / 'figures'}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="slhmc", description="self-learning hybrid Monte Carlo in JAX")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -151,12 +193,15 @@ def main(argv=None) -> int:
     nb.add_argument("--repeat", type=int, nargs=3, default=[2, 2, 3])
     nb.add_argument("--cutoff", type=float, default=6.0, help="Angstrom")
     add_finetune_parser(sub)
+    add_analyze_parser(sub)
     args = parser.parse_args(argv)
     for name in ("chains", "steps"):
         if getattr(args, name, 1) < 1:
             parser.error(f"--{name} must be >= 1")
     if args.command == "finetune":
         return run_finetune(args)
+    if args.command == "analyze":
+        return run_analyze(args)
     if args.command == "run":
         return run_quickstart(args)
     return run_neighbours(args)
