@@ -209,10 +209,12 @@ def _window(frames: Frames, geometry: _Geometry, radius_A: float):
 
 
 def _chunk_size(n_frames: int, per_frame: int) -> int:
-    """Frames per compiled call: a power of two (shared shapes), at most _MAX_CHUNK_FRAMES."""
+    """Frames per compiled call: a power of two, at least 64 where the chunk budget allows (frame
+    sets of different lengths share one compiled shape; padded frames cost little), at most
+    _MAX_CHUNK_FRAMES."""
     limit = max(1, min(_MAX_CHUNK_FRAMES, _CHUNK_ELEMENTS // max(1, per_frame)))
     limit = 1 << (limit.bit_length() - 1)
-    want = 1 << (max(1, n_frames) - 1).bit_length()
+    want = 1 << (max(64, n_frames) - 1).bit_length()
     return min(limit, want)
 
 

@@ -379,7 +379,7 @@ def report_dict(analysis: Analysis, figures=()) -> dict:
 def _formula(numbers) -> str:
     from ase.formula import Formula
 
-    return str(Formula.from_list([_symbol(z) for z in numbers]).reduce()[0])
+    return Formula.from_list([_symbol(z) for z in numbers]).reduce()[0].format("metal")
 
 
 # ----------------------------------------------------------------------------------------
@@ -481,6 +481,8 @@ def _fig_cells(analysis: Analysis, path: Path) -> str:
 
 
 def _fig_traces(analysis: Analysis, path: Path) -> str:
+    from matplotlib.ticker import MaxNLocator
+
     trace = analysis.run.sampler
     fig = _figure(width=7.5, height=6.0)
     ax_acc, ax_e = fig.subplots(2, 1, sharex=True)
@@ -496,6 +498,7 @@ def _fig_traces(analysis: Analysis, path: Path) -> str:
     ax_acc.legend(fontsize=7, ncol=2)
     ax_e.set_title(f"Target energy per chain (minus the lowest of all chains, {e_min:.4f} eV)")
     ax_e.set_xlabel("production step")
+    ax_e.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_e.set_ylabel("E_target - min (eV)")
     ax_e.legend(fontsize=7, ncol=2)
     title = "Sampler traces: acceptance and target energy per chain"
