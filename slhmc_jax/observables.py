@@ -272,8 +272,13 @@ def _check_radius(name: str, value) -> float:
     return value
 
 
-def _largest_distance(frames: Frames) -> np.ndarray:
-    """(F,) largest distance between two atoms of each frame (no images), A."""
+def largest_interatomic_distance(frames) -> np.ndarray:
+    """(F,) largest distance between two atoms of each frame, without periodic images, A.
+
+    For a system without periodic directions this is the range of distances its data hold
+    (the upper limit of :func:`rdf`'s ``r_max_A`` there).
+    """
+    frames = as_frames(frames)
     n = frames.n_atoms
     out = np.empty(frames.n_frames)
     step = max(1, 4_000_000 // max(1, n * n))
@@ -323,7 +328,7 @@ def rdf_frames(frames, pair=("Ti", "O"), r_max_A: float = 6.0, n_bins: int = 200
     ia, ib = _species(frames, pair[0]), _species(frames, pair[1])
     geometry = _geometry(frames)
     if not any(frames.pbc):
-        largest = float(_largest_distance(frames).max())
+        largest = float(largest_interatomic_distance(frames).max())
         if r_max > largest:
             raise ValueError(
                 f"r_max_A={r_max} is larger than the data support: these frames are not periodic and no two "
@@ -422,7 +427,7 @@ def nearest_neighbour_distances(frames, a="Ti", b="O", k: int = 6) -> np.ndarray
             raise ValueError(
                 f"k={k} but each {a} atom has only {available} {b} neighbours in these non-periodic frames"
             )
-        radius = float(_largest_distance(frames).max()) * 2.0 + 1.0
+        radius = float(largest_interatomic_distance(frames).max()) * 2.0 + 1.0
     else:
         volume = float(np.max(geometry.volume)) if np.all(geometry.volume > 0) else float(np.prod(geometry.widths.max(axis=0)))
         radius = (3.0 * 2.0 * (k + 1) * volume / (4.0 * math.pi * ib.size)) ** (1.0 / 3.0)
@@ -869,6 +874,7 @@ __all__ = [
     "block_variance_ratio",
     "cell_metrics",
     "importance_ess",
+    "largest_interatomic_distance",
     "nearest_neighbour_distances",
     "rdf",
     "rdf_distance",

@@ -200,7 +200,7 @@ def _resolve(run: RunData, settings: ReportSettings):
         r_max = 6.0
     else:
         sets = [run.reference] + [arm.frames for arm in run.arms]
-        largest = min(float(obs._largest_distance(s.frames()).max()) for s in sets)
+        largest = min(float(obs.largest_interatomic_distance(s.frames()).max()) for s in sets)
         r_max = math.floor(largest * 100.0) / 100.0
     return rdf_pairs, nn_pairs, k, r_max
 
