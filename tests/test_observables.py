@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.geometry import cellpar_to_cell
-from scipy.stats import norm, wasserstein_distance
+from scipy.stats import wasserstein_distance
 
 import slhmc_jax  # noqa: F401  (x64)
 from slhmc_jax import observables as ob
