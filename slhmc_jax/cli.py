@@ -1,5 +1,6 @@
 """Command line: ``slhmc run --quickstart`` (a short SLHMC run with real PySCF acceptance) and
-``slhmc neighbours`` (neighbour statistics of a rutile supercell)."""
+``slhmc neighbours`` (neighbour statistics of a rutile supercell); ``slhmc finetune`` (optax
+fine-tuning of a MACE model on labelled structures, settings from a TOML file and flags)."""
 
 from __future__ import annotations
 
@@ -79,6 +80,113 @@ def run_neighbours(args) -> int:
     return 0
 
 
+def add_finetune_parser(sub) -> None:
+    """``slhmc finetune``: the settings are FinetuneSettings fields, from --config (TOML) then the flags."""
+    from slhmc_jax.finetune.settings import STRATEGIES
+
+    ft = sub.add_parser("finetune", help="fine-tune a MACE model on labelled structures (optax)")
+    ft.add_argument("--data", required=True, help="training labels: extxyz (any ASE format) or a label store (SQLite)")
+    ft.add_argument("--model", required=True, help="base model: mace-torch .model or this package's .npz")
+    ft.add_argument("--out", required=True, help="fine-tuned model: .model/.pt (mace-torch, LoRA merged) or .npz")
+    ft.add_argument("--valid", default=None, help="validation labels (default: valid_fraction of --data)")
+    ft.add_argument("--replay", default=None, help="replay structures (needs replay_fraction > 0)")
+    ft.add_argument("--config", default=None, help="TOML file: FinetuneSettings keys, top level or in [finetune]")
+    ft.add_argument("--strategy", choices=STRATEGIES, default=None)
+    ft.add_argument("--epochs", type=int, default=None)
+    ft.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+    ft.add_argument("--learning-rate", dest="learning_rate", type=float, default=None)
+    ft.add_argument("--seed", type=int, default=None)
+    ft.add_argument("--dtype", choices=("float32", "float64"), default=None)
+    ft.add_argument("--output-dir", dest="output_dir", default=None, help="checkpoints, metrics.csv/json, learning_curve.png")
+    ft.add_argument("--resume", action="store_true", default=None, help="continue from --output-dir's checkpoint")
+    ft.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="any other setting, value in TOML syntax (e.g. --set lora_rank=8 --set 'loss=\"huber\"')")
+
+
+def run_finetune(args) -> int:
+    import os
+    import tomllib
+
+    from slhmc_jax import finetune
+    from slhmc_jax.models import mace
+
+    try:
+        values = {}
+        if args.config is not None:
+            values = finetune.FinetuneSettings.from_toml(args.config).to_dict()
+        for item in args.overrides:
+            key, sep, text = item.partition("=")
+            if not sep:
+                raise ValueError(f"--set needs KEY=VALUE; got {item!r}")
+            try:
+                values[key.strip()] = tomllib.loads(f"v = {text}")["v"]
+            except tomllib.TOMLDecodeError:
+                values[key.strip()] = text  # a bare string
+        for key in ("strategy", "epochs", "batch_size", "learning_rate", "seed", "dtype", "output_dir", "resume"):
+            if getattr(args, key) is not None:
+                values[key] = getattr(args, key)
+        settings = finetune.FinetuneSettings.from_mapping(values)
+        potential = mace.load(args.model)
+        start = time.perf_counter()
+        result = finetune.finetune(potential, args.data, args.valid, settings=settings, replay=args.replay)
+        out = os.fspath(args.out)
+        if out.endswith((".model", ".pt", ".pth")):
+            mace.save_torch(result.potential, out)
+        else:
+            mace.save(result.potential, out)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"slhmc finetune: error: {err}", file=sys.stderr)
+        return 2
+    first, last = result.history[0], result.history[-1]
+    print(f"fine-tuned {len(result.history) - 1} epochs ({result.steps} steps, {result.stopped}) in "
+          f"{time.perf_counter() - start:.1f} s; validation force RMSE {first.valid_forces_rmse_eV_A:.4g} -> "
+          f"{last.valid_forces_rmse_eV_A:.4g} eV/A, energy RMSE {first.valid_energy_rmse_eV_atom:.4g} -> "
+          f"{last.valid_energy_rmse_eV_atom:.4g} eV/atom; best epoch {result.best_epoch}; wrote {out}")
+    return 0
+
+
+def add_analyze_parser(sub) -> None:
+    """``slhmc analyze RUN_DIR`` or ``slhmc analyze TRAJECTORY --reference REF``: report.json, report.md, figures."""
+    an = sub.add_parser("analyze", help="report (JSON, markdown, PNG figures) of a run directory, or of a trajectory "
+                                        "against a reference trajectory")
+    an.add_argument("path", help="a run directory, or a trajectory file (extxyz or anything ASE reads) with --reference")
+    an.add_argument("--reference", default=None, help="reference trajectory (the target distribution) to compare PATH with")
+    an.add_argument("--out", default=None, help="output directory (default: the run directory; for a trajectory, "
+                                                 "PATH without its suffix + '_report')")
+    an.add_argument("--pair", dest="pairs", nargs=2, action="append", metavar=("A", "B"), default=None,
+                    help="element pair for RDFs and nearest-neighbour distances, e.g. --pair Ti O (repeatable)")
+    an.add_argument("--k", type=int, default=None, help="nearest neighbours per atom (default 6 where periodic)")
+    an.add_argument("--r-max-A", dest="r_max_A", type=float, default=None, help="RDF range, Angstrom (default 6 where periodic)")
+    an.add_argument("--bins", type=int, default=200, help="RDF bins")
+    an.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates per interval")
+    an.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+
+
+def run_analyze(args) -> int:
+    from pathlib import Path
+
+    from slhmc_jax import report
+
+    settings = report.ReportSettings(
+        pairs=tuple(tuple(p) for p in args.pairs) if args.pairs else None, k=args.k, r_max_A=args.r_max_A,
+        n_bins=args.bins, n_bootstrap=args.bootstrap, seed=args.seed,
+    )
+    path = Path(args.path)
+    try:
+        if args.reference is not None:
+            out = Path(args.out) if args.out else path.with_name(path.stem + "_report")
+            files = report.compare_trajectories(path, args.reference, out, settings)
+        elif path.is_dir():
+            files = report.report_run_directory(path, args.out, settings)
+        else:
+            raise ValueError(f"{path} is not a run directory; to compare a trajectory file, give --reference REF")
+    except ValueError as err:
+        print(f"slhmc analyze: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {files.json}, {files.markdown} and {len(files.figures)} figures in {files.json.parent / 'figures'}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="slhmc", description="self-learning hybrid Monte Carlo in JAX")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -93,10 +201,16 @@ def main(argv=None) -> int:
     nb = sub.add_parser("neighbours", help="neighbour statistics of a rutile supercell")
     nb.add_argument("--repeat", type=int, nargs=3, default=[2, 2, 3])
     nb.add_argument("--cutoff", type=float, default=6.0, help="Angstrom")
+    add_finetune_parser(sub)
+    add_analyze_parser(sub)
     args = parser.parse_args(argv)
     for name in ("chains", "steps"):
         if getattr(args, name, 1) < 1:
             parser.error(f"--{name} must be >= 1")
+    if args.command == "finetune":
+        return run_finetune(args)
+    if args.command == "analyze":
+        return run_analyze(args)
     if args.command == "run":
         return run_quickstart(args)
     return run_neighbours(args)

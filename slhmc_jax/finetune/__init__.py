@@ -1,0 +1,34 @@
+"""Fine-tuning with optax: from labelled (target-distributed DFT) structures to a better model.
+
+    from slhmc_jax import finetune
+    result = finetune.finetune(potential, "labels.extxyz", settings=finetune.FinetuneSettings(epochs=100))
+    result.potential            # same kind as `potential` (LoRA merged); mace.save_torch(result.potential, ...)
+    result.history              # per-epoch EpochMetrics (energy / force / stress RMSE and MAE, train and valid)
+    finetune.refit_reference_energies(potential, structures)      # least-squares E0 only
+
+Modules (one job each): ``settings`` (FinetuneSettings), ``data`` (read / check / split labels),
+``batching`` (neighbour graphs, static shape buckets, padded batches), ``model`` (energies, forces,
+stress of a batch), ``loss``, ``strategies`` (naive / freeze / LoRA), ``optim`` (the optax chain and
+the weight EMA), ``step`` (the pure jitted train and eval steps), ``reference_energies`` (the E0
+least squares), ``checkpoint``, ``history`` (metrics files and plot), ``trainer`` (the loop).
+"""
+
+from slhmc_jax import _jax_config  # noqa: F401  (float64 available)
+from slhmc_jax.finetune.data import LabelledStructure, read_structures
+from slhmc_jax.finetune.history import EpochMetrics
+from slhmc_jax.finetune.settings import FinetuneSettings
+from slhmc_jax.finetune.step import StepSpec, make_eval_step, make_train_step
+from slhmc_jax.finetune.trainer import FinetuneResult, finetune, refit_reference_energies
+
+__all__ = [
+    "EpochMetrics",
+    "FinetuneResult",
+    "FinetuneSettings",
+    "LabelledStructure",
+    "StepSpec",
+    "finetune",
+    "make_eval_step",
+    "make_train_step",
+    "read_structures",
+    "refit_reference_energies",
+]

@@ -1,0 +1,44 @@
+"""Training checkpoints: one msgpack file (flax.serialization), written atomically.
+
+Why not orbax-checkpoint: a fine-tuning state here is a few MB on one host (trainable leaves,
+optimizer and EMA state, the loop counters, the history). flax.serialization (already a dependency,
+maintained with flax) writes it synchronously into one file, which ``os.replace`` swaps in
+atomically, and restores it bit-exactly into a template pytree; orbax's asynchronous, sharded,
+directory-per-step machinery is built for multi-host models and adds a dependency, a thread pool and
+a directory layout that this needs none of.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from flax import serialization
+
+FORMAT = "slhmc_jax.finetune.checkpoint/1"
+FILENAME = "checkpoint.msgpack"
+
+
+def save(path, state: dict[str, Any]) -> None:
+    """Write ``state`` (a dict of pytrees, NumPy arrays and JSON-able scalars / strings) atomically."""
+    path = os.fspath(path)
+    host = jax.tree.map(lambda x: np.asarray(x) if hasattr(x, "shape") else x, state)
+    data = serialization.msgpack_serialize({"format": FORMAT, "state": serialization.to_state_dict(host)})
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load(path, template: dict[str, Any]) -> dict[str, Any]:
+    """Restore a checkpoint into the structure of ``template`` (same keys and pytree layouts)."""
+    with open(os.fspath(path), "rb") as f:
+        raw = serialization.msgpack_restore(f.read())
+    if raw.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a fine-tuning checkpoint (format {raw.get('format')!r}, expected {FORMAT!r})")
+    host_template = jax.tree.map(lambda x: np.asarray(x) if hasattr(x, "shape") else x, template)
+    return serialization.from_state_dict(host_template, raw["state"])

@@ -1,0 +1,257 @@
+"""Typed, validated settings of a fine-tuning run (:class:`FinetuneSettings`), one per TOML key.
+
+Every field is checked when the dataclass is built; a bad value raises ``ValueError`` naming the
+field, the value and what is allowed, before any data is read or anything is compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, Mapping
+
+STRATEGIES = ("naive", "freeze", "lora", "replay")
+FREEZE_TRAINABLE = ("readouts", "readouts+last_interaction")
+OPTIMIZERS = ("adamw", "amsgrad")
+SCHEDULES = ("warmup_cosine", "plateau", "constant")
+LOSSES = ("mse", "huber")
+LAYOUTS = ("flat", "vmap")
+REPLAY_LABELS = ("data", "base_model")
+LORA_TARGETS = ("linear_up", "linear", "product_linear", "readout", "radial_mlp")
+DTYPES = ("float32", "float64")
+
+
+def _fail(name: str, value, allowed: str):
+    raise ValueError(f"FinetuneSettings.{name} must be {allowed}; got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneSettings:
+    """How to fine-tune: data split, loss, strategy, optimizer, batching, output.
+
+    Loss (per batch of B structures; see :mod:`slhmc_jax.finetune.loss` for the equation):
+        energy_weight: weight of the per-atom energy term, 1/(eV/atom)^2.
+        forces_weight: weight of the force term, 1/(eV/A)^2 (mace-torch's default 100).
+        stress_weight: weight of the stress term, 1/(eV/A^3)^2 (0: stress labels optional).
+        loss: "mse" or "huber" (optax.huber_loss, 0.5 x^2 inside delta, as torch's huber_loss that
+            mace-torch's Huber and universal losses use).
+        huber_delta_energy_eV_atom, huber_delta_forces_eV_A, huber_delta_stress_eV_A3: Huber deltas.
+
+    Strategy:
+        strategy: "naive" (every trainable weight), "freeze" (only ``freeze_trainable``),
+            "lora" (rank-``lora_rank`` adapters W + (lora_alpha / lora_rank) A B on the
+            ``lora_targets`` weight matrices, merged on save) or "replay" (naive, with a
+            ``replay_fraction`` of every batch drawn from the replay data).
+        freeze_trainable: "readouts" or "readouts+last_interaction".
+        lora_rank, lora_alpha, lora_targets: LoRA adapters (see :mod:`slhmc_jax.finetune.strategies`).
+        replay_fraction: fraction of each batch taken from the replay set, in [0, 1).
+        replay_labels: "data" (the replay structures' own labels, e.g. the source functional's)
+            or "base_model" (pseudo-labels from the frozen base model after the E0 refit).
+        refit_e0: refit the per-element reference energies by least squares before training.
+
+    Optimisation:
+        epochs: passes over the training set.
+        batch_size: structures per optimizer step.
+        learning_rate: peak learning rate.
+        optimizer: "adamw" (Adam with decoupled weight decay) or "amsgrad".
+        weight_decay: decoupled weight decay (AdamW), per step times the learning rate.
+        schedule: "warmup_cosine", "plateau" (optax.contrib.reduce_on_plateau on the epoch-mean
+            training loss) or "constant".
+        warmup_fraction: warm-up steps as a fraction of all steps (warmup_cosine).
+        final_lr_factor: learning rate at the end of the cosine, as a fraction of the peak.
+        plateau_factor, plateau_patience_epochs: reduce-on-plateau factor and patience.
+        max_grad_norm: global-norm gradient clipping (None: off).
+        ema_decay: decay of the exponential moving average of the weights (None: off); the EMA
+            weights are the ones evaluated, kept and saved (warm-up min(decay, (1+n)/(10+n)) as
+            mace-torch's torch_ema).
+        valid_fraction: fraction of ``train`` held out for validation when ``valid`` is not given,
+            in (0, 1).
+        early_stopping_patience: epochs without a better validation loss before stopping (None: off).
+        restore_best: return the weights of the epoch with the lowest validation loss.
+        seed: data order, validation split and LoRA initialisation.
+
+    Batching and precision:
+        n_buckets: static (atoms, edges) shapes per layout, so the train step compiles at most this
+            many times.
+        batch_layout: "flat" (the batch is one graph; default, measured faster) or "vmap" (each
+            structure padded to a common size and vmapped).
+        edge_slots: MACE sums messages per receiver in fixed neighbour slots (sized to the data's
+            largest neighbour count; faster steps, about 3x longer compilation); False: scatter-sum.
+        dtype: "float32" or "float64" (None: the potential's parameter dtype).
+
+    Output:
+        output_dir: where checkpoints, metrics.csv, metrics.json and learning_curve.png go (None: nowhere).
+        checkpoint_every_steps: also checkpoint every this many optimizer steps (None: each epoch end).
+        resume: continue from ``output_dir``'s checkpoint if there is one.
+        max_steps: stop after this many optimizer steps in total (checkpointed; a later call with
+            ``resume=True`` continues). None: run all epochs.
+        progress: show a progress bar (tqdm; off when stderr is not a terminal).
+        plot: write the PNG learning curve (matplotlib) when ``output_dir`` is set.
+    """
+
+    epochs: int = 50
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    schedule: str = "warmup_cosine"
+    warmup_fraction: float = 0.05
+    final_lr_factor: float = 0.01
+    plateau_factor: float = 0.8
+    plateau_patience_epochs: int = 5
+    max_grad_norm: float | None = 10.0
+    ema_decay: float | None = 0.99
+    loss: str = "mse"
+    energy_weight: float = 1.0
+    forces_weight: float = 100.0
+    stress_weight: float = 0.0
+    huber_delta_energy_eV_atom: float = 0.01
+    huber_delta_forces_eV_A: float = 0.01
+    huber_delta_stress_eV_A3: float = 0.01
+    strategy: str = "naive"
+    freeze_trainable: str = "readouts"
+    lora_rank: int = 4
+    lora_alpha: float = 4.0
+    lora_targets: tuple[str, ...] = LORA_TARGETS
+    replay_fraction: float = 0.0
+    replay_labels: str = "data"
+    refit_e0: bool = True
+    valid_fraction: float = 0.1
+    early_stopping_patience: int | None = 10
+    restore_best: bool = True
+    seed: int = 0
+    n_buckets: int = 3
+    batch_layout: str = "flat"
+    edge_slots: bool = True
+    dtype: str | None = None
+    output_dir: str | None = None
+    checkpoint_every_steps: int | None = None
+    resume: bool = False
+    max_steps: int | None = None
+    progress: bool = True
+    plot: bool = True
+
+    def __post_init__(self):
+        def integer(name, minimum, optional=False):
+            v = getattr(self, name)
+            if optional and v is None:
+                return
+            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+                _fail(name, v, f"an integer >= {minimum}" + (" or None" if optional else ""))
+
+        def number(name, lo=None, hi=None, lo_open=False, hi_open=False, optional=False):
+            v = getattr(self, name)
+            if optional and v is None:
+                return
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            if ok and lo is not None:
+                ok = v > lo if lo_open else v >= lo
+            if ok and hi is not None:
+                ok = v < hi if hi_open else v <= hi
+            if not ok:
+                lb = "" if lo is None else ("(" if lo_open else "[") + f"{lo}"
+                ub = "" if hi is None else f"{hi}" + (")" if hi_open else "]")
+                rng = f"in {lb}, {ub}" if lo is not None and hi is not None else (f">{'' if lo_open else '='} {lo}" if lo is not None else "")
+                _fail(name, v, f"a finite number {rng}".rstrip() + (" or None" if optional else ""))
+            if v is not None:
+                object.__setattr__(self, name, float(v))
+
+        def choice(name, allowed, optional=False):
+            v = getattr(self, name)
+            if optional and v is None:
+                return
+            if v not in allowed:
+                _fail(name, v, f"one of {allowed}" + (" or None" if optional else ""))
+
+        def flag(name):
+            if not isinstance(getattr(self, name), bool):
+                _fail(name, getattr(self, name), "True or False")
+
+        integer("epochs", 1)
+        integer("batch_size", 1)
+        number("learning_rate", 0.0, lo_open=True)
+        choice("optimizer", OPTIMIZERS)
+        number("weight_decay", 0.0)
+        choice("schedule", SCHEDULES)
+        number("warmup_fraction", 0.0, 1.0, hi_open=True)
+        number("final_lr_factor", 0.0, 1.0)
+        number("plateau_factor", 0.0, 1.0, lo_open=True, hi_open=True)
+        integer("plateau_patience_epochs", 1)
+        number("max_grad_norm", 0.0, lo_open=True, optional=True)
+        number("ema_decay", 0.0, 1.0, hi_open=True, optional=True)
+        choice("loss", LOSSES)
+        for name in ("energy_weight", "forces_weight", "stress_weight"):
+            number(name, 0.0)
+        if self.energy_weight == 0 and self.forces_weight == 0 and self.stress_weight == 0:
+            _fail("energy_weight", self.energy_weight, "> 0 for at least one of energy_weight, forces_weight, stress_weight")
+        for name in ("huber_delta_energy_eV_atom", "huber_delta_forces_eV_A", "huber_delta_stress_eV_A3"):
+            number(name, 0.0, lo_open=True)
+        choice("strategy", STRATEGIES)
+        choice("freeze_trainable", FREEZE_TRAINABLE)
+        integer("lora_rank", 1)
+        number("lora_alpha", 0.0, lo_open=True)
+        targets = self.lora_targets
+        if isinstance(targets, str) or not isinstance(targets, (tuple, list)) or not targets or any(t not in LORA_TARGETS for t in targets):
+            _fail("lora_targets", targets, f"a non-empty list drawn from {LORA_TARGETS}")
+        object.__setattr__(self, "lora_targets", tuple(targets))
+        number("replay_fraction", 0.0, 1.0, hi_open=True)
+        if self.strategy == "replay" and self.replay_fraction == 0:
+            _fail("replay_fraction", self.replay_fraction, "in (0, 1) with strategy='replay'")
+        if self.replay_fraction > 0 and round(self.replay_fraction * self.batch_size) < 1:
+            _fail("replay_fraction", self.replay_fraction,
+                  f"large enough that replay_fraction * batch_size ({self.batch_size}) rounds to >= 1 structure")
+        if self.replay_fraction > 0 and round(self.replay_fraction * self.batch_size) >= self.batch_size:
+            _fail("replay_fraction", self.replay_fraction, f"small enough to leave >= 1 training structure per batch of {self.batch_size}")
+        choice("replay_labels", REPLAY_LABELS)
+        flag("refit_e0")
+        number("valid_fraction", 0.0, 1.0, lo_open=True, hi_open=True)
+        integer("early_stopping_patience", 1, optional=True)
+        flag("restore_best")
+        integer("seed", 0)
+        integer("n_buckets", 1)
+        choice("batch_layout", LAYOUTS)
+        flag("edge_slots")
+        choice("dtype", DTYPES, optional=True)
+        if self.output_dir is not None:
+            if not isinstance(self.output_dir, (str, os.PathLike)) or not str(self.output_dir):
+                _fail("output_dir", self.output_dir, "a directory path or None")
+            object.__setattr__(self, "output_dir", os.fspath(self.output_dir))
+        integer("checkpoint_every_steps", 1, optional=True)
+        flag("resume")
+        if self.resume and self.output_dir is None:
+            _fail("resume", self.resume, "False unless output_dir is set (the checkpoint lives there)")
+        integer("max_steps", 1, optional=True)
+        flag("progress")
+        flag("plot")
+
+    # ------------------------------------------------------------------------------------
+    # mapping / TOML
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], **overrides) -> "FinetuneSettings":
+        """Settings from a dict (e.g. a TOML table); unknown keys raise ValueError naming them."""
+        merged = {**dict(values), **overrides}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(merged) - known)
+        if unknown:
+            raise ValueError(f"unknown FinetuneSettings key(s) {unknown}; allowed: {sorted(known)}")
+        if "lora_targets" in merged and isinstance(merged["lora_targets"], list):
+            merged["lora_targets"] = tuple(merged["lora_targets"])
+        return cls(**merged)
+
+    @classmethod
+    def from_toml(cls, path, **overrides) -> "FinetuneSettings":
+        """Settings from a TOML file: top-level keys, or a ``[finetune]`` table (other tables are ignored)."""
+        import tomllib
+
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+        table = doc.get("finetune", doc)
+        table = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        return cls.from_mapping(table, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["lora_targets"] = list(self.lora_targets)
+        return d

@@ -1,0 +1,233 @@
+"""slhmc analyze and slhmc_jax.report on run directories written from real runs.
+
+The end-to-end case is a real SLHMC run (H2O, PySCF PBE/STO-3G judge, harmonic proposal) as
+the target reference, plus a "foundation" arm of exact draws from the proposal model's own
+distribution; the report's distances are checked against scipy on distances computed here
+from the positions, and every figure is checked to be a real PNG with drawn content.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import molecule
+from scipy.stats import wasserstein_distance
+
+import slhmc_jax
+from slhmc_jax import cli
+from slhmc_jax import run_directory as rd
+from slhmc_jax.integrators import KB_EV_PER_K
+from slhmc_jax.report import ReportSettings, analyze, report_dict
+from slhmc_jax.structures import rutile
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _harmonic_water_energies(atoms_list):
+    """The proposal's own energy (cli._water_proposal) on the host: it is the foundation arm's 'target'."""
+    from slhmc_jax.cli import _water_proposal
+
+    proposal = _water_proposal()
+    return np.array([float(proposal.energy_fn(a.positions, None, None)) for a in atoms_list])
+
+
+@pytest.fixture(scope="module")
+def water_run_dir(tmp_path_factory):
+    from slhmc_jax.cli import _water_proposal
+    from slhmc_jax.targets import PySCFTarget
+
+    atoms = molecule("H2O")
+    proposal = _water_proposal()
+    kw = dict(temperature_K=300.0, trajectory_steps=10, timestep_fs=0.25, progress=False)
+    target = PySCFTarget.preset("pbe", basis="sto-3g", grids_level=0, conv_tol=1e-8)
+    # both runs share one compiled proposal (same model, same chain count)
+    slhmc = slhmc_jax.sample(atoms, proposal, target, n_chains=2, n_steps=5, seed=0, **kw)
+    foundation = slhmc_jax.sample(atoms, proposal, _harmonic_water_energies, n_chains=2, n_steps=10, seed=1, **kw)
+    reference, trace = rd.reference_from_sample(slhmc)
+    arm_frames, _ = rd.reference_from_sample(foundation)
+    run = rd.RunData(
+        reference=reference,
+        arms=(rd.Arm("foundation", arm_frames),),
+        sampler=trace,
+        temperature_K=300.0,
+        metadata={"note": "test"},
+    )
+    path = rd.write_run_directory(tmp_path_factory.mktemp("water") / "run", run)
+    return path, slhmc, foundation
+
+
+def _o_h_distances(positions):
+    """(n_chains, n_frames, 2) sorted O-H bond lengths of H2O frames (O first), A."""
+    d = np.linalg.norm(positions[:, :, 1:, :] - positions[:, :, :1, :], axis=-1)
+    return np.sort(d, axis=-1)
+
+
+def _assert_real_png(path):
+    import matplotlib.image as mpimg
+
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, path
+    img = mpimg.imread(path)
+    h, w = img.shape[:2]
+    assert h >= 300 and w >= 500, (path, img.shape)
+    rgb = img[..., :3]
+    non_white = np.mean(np.any(rgb < 0.95, axis=-1))
+    colours = np.unique((rgb * 255).astype(np.uint8).reshape(-1, 3), axis=0).shape[0]
+    # axes, ticks, text and data: a few percent of the pixels drawn, many distinct colours (antialiasing)
+    assert 0.02 < non_white < 0.9, (path, non_white)
+    assert colours > 50, (path, colours)
+    return img
+
+
+def _has_colour(img, rgb, tol=0.06):
+    return bool(np.any(np.all(np.abs(img[..., :3] - np.asarray(rgb)) < tol, axis=-1)))
+
+
+def test_analyze_run_directory_from_real_sample_run(water_run_dir):
+    path, slhmc, foundation = water_run_dir
+    assert cli.main(["analyze", str(path), "--bootstrap", "300"]) == 0
+    report = json.loads((path / "report.json").read_text())
+    # report.json key structure the workflow fills: arms.<arm>.wasserstein.<observable> = [W1, lo, hi]
+    w = report["arms"]["foundation"]["wasserstein"]["nn_O-H_A"]
+    assert len(w) == 3 and w[1] <= w[0] <= w[2]
+    # the distance is that of the O-H bond lengths computed here from the stored positions
+    ref = _o_h_distances(slhmc.positions).ravel()
+    arm = _o_h_distances(foundation.positions).ravel()
+    assert w[0] == pytest.approx(wasserstein_distance(ref, arm), rel=1e-12)
+    assert report["reference"]["means"]["nn_O-H_A"] == pytest.approx(ref.mean(), rel=1e-12)
+    assert report["arms"]["foundation"]["means"]["nn_O-H_A"] == pytest.approx(arm.mean(), rel=1e-12)
+    assert set(report["arms"]["foundation"]["rdf_distance"]) == {"O-H", "H-H"}
+    assert report["settings"]["k"] == 2 and report["metadata"] == {"note": "test"}
+    # sampler diagnostics come from the stored trace and agree with the sampler's own
+    s = report["sampler"]
+    np.testing.assert_allclose(s["acceptance_per_chain"], slhmc.acceptance_rate, rtol=0, atol=1e-12)
+    assert s["n_chains"] == 2 and s["n_steps"] == 5 and s["ml_energy_error_eV"]["n"] == 10
+
+    md = (path / "report.md").read_text()
+    figures = sorted((path / "figures").glob("*.png"))
+    names = {f.name for f in figures}
+    assert names == {"rdf_O-H.png", "rdf_H-H.png", "nn_O-H.png", "sampler_traces.png", "ml_energy_error.png"}
+    assert set(report["figures"]) == {f"figures/{n}" for n in names}
+    for f in figures:
+        assert f"](figures/{f.name})" in md
+        img = _assert_real_png(f)
+        if f.name.startswith(("rdf", "nn")):
+            assert _has_colour(img, (0.0, 0.0, 0.0))  # the reference, drawn in black
+            assert _has_colour(img, (0.12, 0.47, 0.71))  # the foundation arm, tab:blue
+    assert "| W1 nn_O-H_A (A) |" in md and "foundation" in md
+
+
+def test_accepted_rebuilt_from_states_is_consistent(water_run_dir):
+    _, slhmc, _ = water_run_dir
+    _, trace = rd.reference_from_sample(slhmc)
+    np.testing.assert_allclose(trace.accepted.mean(axis=1), slhmc.acceptance_rate, rtol=0, atol=1e-12)
+    # a move accepted with probability 1 is accepted; a rejected one leaves the state unchanged
+    p = np.asarray(slhmc.diagnostics["acceptance_probability"])
+    assert np.all(trace.accepted[p >= 1.0])
+    same = np.all(slhmc.positions[:, 1:] == slhmc.positions[:, :-1], axis=(2, 3))
+    assert np.array_equal(~trace.accepted[:, 1:], same)
+
+
+def test_run_directory_round_trip_and_errors(water_run_dir, tmp_path):
+    path, _, _ = water_run_dir
+    run = rd.read_run_directory(path)
+    again = rd.read_run_directory(rd.write_run_directory(tmp_path / "copy", run))
+    for a, b in [(run.reference, again.reference), (run.arms[0].frames, again.arms[0].frames)]:
+        for field in ("positions", "cells", "numbers", "energies_eV"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+        assert a.pbc == b.pbc
+    np.testing.assert_array_equal(run.sampler.accepted, again.sampler.accepted)
+    assert again.temperature_K == 300.0 and again.metadata == {"note": "test"}
+
+    (tmp_path / "copy" / "manifest.json").unlink()
+    with pytest.raises(ValueError, match="has no manifest.json"):
+        rd.read_run_directory(tmp_path / "copy")
+    manifest = json.loads((path / "manifest.json").read_text())
+    bad = tmp_path / "bad"
+    rd.write_run_directory(bad, run)
+    (bad / "manifest.json").write_text(json.dumps({**manifest, "version": 99}))
+    with pytest.raises(ValueError, match="version 99 is not supported"):
+        rd.read_run_directory(bad)
+    other = rd.FrameSet.from_atoms([molecule("CH4")] * 2)
+    with pytest.raises(ValueError, match="arm 'x' has 5 atoms, the reference 3"):
+        rd.RunData(reference=run.reference, arms=(rd.Arm("x", other),))
+    with pytest.raises(ValueError, match="arm name 'a/b'"):
+        rd.Arm("a/b", other)
+
+
+def _rutile_frames(n, rattle, seed, scale=1.0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        atoms = rutile(repeat=(1, 1, 2))
+        atoms.set_cell(np.asarray(atoms.cell) * scale, scale_atoms=True)
+        atoms.positions += rng.normal(0.0, rattle, atoms.positions.shape)
+        out.append(atoms)
+    return out
+
+
+def test_analyze_compares_two_trajectory_files(tmp_path):
+    import ase.io
+
+    ref, traj = tmp_path / "ref.extxyz", tmp_path / "md run.extxyz"
+    ase.io.write(ref, _rutile_frames(16, 0.05, 0))
+    ase.io.write(traj, _rutile_frames(16, 0.10, 1, scale=1.01))
+    out = tmp_path / "cmp"
+    assert cli.main(["analyze", str(traj), "--reference", str(ref), "--out", str(out), "--bootstrap", "200", "--bins", "50"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    arm = report["arms"]["md_run"]
+    assert set(arm["wasserstein"]) == {"nn_Ti-O_A"}  # NVT-like: cells constant, no cell metrics
+    w = arm["wasserstein"]["nn_Ti-O_A"]
+    assert 0 < w[1] <= w[0] <= w[2]
+    assert set(arm["rdf_distance"]) == {"Ti-O", "Ti-Ti", "O-O"}
+    for f in (out / "figures").glob("*.png"):
+        _assert_real_png(f)
+
+    # an NPT-like pair of trajectories gets cell metrics and their figure
+    ref_npt = _rutile_frames(16, 0.05, 2)
+    for i, a in enumerate(ref_npt):
+        a.set_cell(np.asarray(a.cell) * (1 + 0.002 * np.sin(i)), scale_atoms=True)
+    ase.io.write(ref, ref_npt)
+    assert cli.main(["analyze", str(traj), "--reference", str(ref), "--out", str(out), "--bootstrap", "100", "--bins", "50", "--pair", "Ti", "O"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert {"a_A", "c_A", "c_over_a", "volume_A3"} <= set(report["arms"]["md_run"]["wasserstein"])
+    img = _assert_real_png(out / "figures" / "cell_metrics.png")
+    assert img.shape[1] > 1000
+
+
+def test_analyze_bad_input_is_a_clear_error(tmp_path, capsys):
+    import ase.io
+
+    ref, traj = tmp_path / "ref.extxyz", tmp_path / "traj.extxyz"
+    ase.io.write(ref, _rutile_frames(3, 0.05, 0))
+    ase.io.write(traj, [rutile(repeat=(1, 1, 1))] * 3)
+    assert cli.main(["analyze", str(traj), "--reference", str(ref)]) == 2
+    assert "arm 'traj' has 6 atoms, the reference 12" in capsys.readouterr().err
+    assert cli.main(["analyze", str(ref), "--reference", str(ref), "--pair", "Zr", "O"]) == 2
+    assert "element 'Zr' is not in the frames" in capsys.readouterr().err
+    assert cli.main(["analyze", str(tmp_path / "missing")]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_importance_ess_of_a_training_set_enters_the_report():
+    frames = rd.FrameSet.from_atoms(_rutile_frames(6, 0.05, 3))
+    e_s = np.zeros(50)
+    e_t = np.linspace(-0.05, 0.05, 50)  # target - source energies of the relabel set, eV
+    run = rd.RunData(frames, (rd.Arm("relabel", frames, rd.TrainingEnergies(e_t, e_s)),), temperature_K=300.0)
+    rep = report_dict(analyze(run, ReportSettings(n_bootstrap=50, n_bins=50)))
+    beta = 1 / (KB_EV_PER_K * 300.0)
+    w = np.exp(-beta * e_t)
+    assert rep["arms"]["relabel"]["importance_ess"] == pytest.approx(w.sum() ** 2 / (w.size * (w * w).sum()), rel=1e-12)
+    # the arm is the reference itself: every distance is 0, and so is the interval's lower end
+    for v in list(rep["arms"]["relabel"]["wasserstein"].values()) + list(rep["arms"]["relabel"]["rdf_distance"].values()):
+        assert v[0] == 0.0 and v[1] == 0.0 and v[2] > 0.0
+
+
+def test_frameset_from_atoms_checks_atom_counts():
+    water = molecule("H2O")
+    with pytest.raises(ValueError, match="chain 0 frame 1 has 5"):
+        rd.FrameSet.from_atoms([water, molecule("CH4")])
+    with pytest.raises(ValueError, match="chains must have equal lengths"):
+        rd.FrameSet.from_atoms([[water, water], [water]])
+    assert rd.FrameSet.from_atoms([Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]])]).n_frames == 1
