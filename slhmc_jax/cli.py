@@ -65,6 +65,10 @@ def run_quickstart(args) -> int:
           f"{d.burn_in_steps} burn-in and {args.steps} recorded steps x {args.chains} chains; "
           f"{d.n_from_store} answered from the store); label store rows: {n_rows}; wall time {wall:.1f} s")
     print(f"mean O-H distance {r.mean():.4f} A; mean target energy {result.target_energies.mean():.4f} eV")
+    name, stats = result.structural_statistics()
+    energy = d.mcmc.observables["target_energy_eV"]
+    if stats is not None and energy is not None:
+        print(f"ESS (R-hat): {name} {stats.ess:.1f} ({stats.rhat:.3f}), target energy {energy.ess:.1f} ({energy.rhat:.3f})")
     return 0
 
 

@@ -286,36 +286,18 @@ class RunData:
 def reference_from_sample(result) -> tuple[FrameSet, SamplerTrace]:
     """The target reference and sampler traces of a :class:`slhmc_jax.SampleResult`.
 
-    The only place that knows the SampleResult's fields. ``accepted`` is taken from the result
-    where it has one; otherwise it is rebuilt exactly from the states: a rejected move leaves
-    the chain's positions and cell bitwise unchanged, so steps 1.. are accepted where the
-    state changed, and step 0's decision follows from the per-chain acceptance rate.
+    The only place that knows the SampleResult's fields.
     """
-    samples = result.samples
-    first = samples[0][0]
-    positions = np.asarray(result.positions)
-    cells = np.asarray(result.cells)
-    energies = np.asarray(result.target_energies)
-    diag = result.diagnostics if isinstance(result.diagnostics, dict) else {}
-    accepted = getattr(result, "accepted", None)
-    if accepted is None:
-        changed = np.any(positions[:, 1:] != positions[:, :-1], axis=(2, 3)) | np.any(cells[:, 1:] != cells[:, :-1], axis=(2, 3))
-        n_accepted = np.rint(np.asarray(result.acceptance_rate) * energies.shape[1]).astype(int)
-        first_step = n_accepted - changed.sum(axis=1)
-        accepted = np.concatenate([(first_step > 0)[:, None], changed], axis=1)
-    n_calls = None
-    mcmc = diag.get("mcmc")
-    stats = getattr(mcmc, "observables", {}).get("target_energy_eV") if mcmc is not None else None
-    if stats is not None and stats.ess_per_target_call:
-        n_calls = int(round(stats.ess / stats.ess_per_target_call))
-    frames = FrameSet(positions, cells, first.numbers, tuple(bool(p) for p in first.pbc), energies)
+    d = result.diagnostics
+    frames = FrameSet(np.asarray(result.positions), np.asarray(result.cells), np.asarray(result.atomic_numbers),
+                      tuple(bool(p) for p in result.pbc), np.asarray(result.target_energies))
     trace = SamplerTrace(
-        target_energies_eV=energies,
-        accepted=np.asarray(accepted, bool),
-        acceptance_probability=diag.get("acceptance_probability"),
-        ml_energy_error_eV=diag.get("ml_energy_error_eV"),
-        move=diag.get("move"),
-        n_target_calls=n_calls,
+        target_energies_eV=np.asarray(result.target_energies),
+        accepted=np.asarray(result.accepted, bool),
+        acceptance_probability=d.acceptance_probability,
+        ml_energy_error_eV=d.ml_energy_error_eV,
+        move=d.move,
+        n_target_calls=d.n_target_calls,
     )
     return frames, trace
 

@@ -266,6 +266,27 @@ class SampleResult:
         """Per chain, the recorded states as ase.Atoms carrying the target energy (built lazily)."""
         return [ChainFrames(self, c) for c in range(self.positions.shape[0])]
 
+    def structural_statistics(self, pair: tuple[str, str] | None = None):
+        """(name, ChainStatistics) of a structural observable: the per-frame mean distance from
+        each ``pair[0]`` atom to its nearest ``pair[1]`` atom (A), ESS, IAT and R-hat over chains.
+
+        Default pair: the two most abundant elements (the one element, for an elemental system).
+        """
+        from ase.data import chemical_symbols
+
+        from slhmc_jax.diagnostics import chain_statistics
+        from slhmc_jax.observables import nearest_neighbour_distances
+
+        if pair is None:
+            z, counts = np.unique(self.atomic_numbers, return_counts=True)
+            top = z[np.argsort(-counts, kind="stable")][:2]
+            pair = (chemical_symbols[top[0]], chemical_symbols[top[-1]])
+        n_chains, n_steps = self.target_energies.shape
+        frames = (self.positions.reshape((-1,) + self.positions.shape[2:]), self.cells.reshape(-1, 3, 3),
+                  self.atomic_numbers, tuple(bool(p) for p in self.pbc))
+        d = nearest_neighbour_distances(frames, pair[0], pair[1], k=1).mean(axis=(1, 2)).reshape(n_chains, n_steps)
+        return f"nn_{pair[0]}-{pair[1]}_A", chain_statistics(d, self.diagnostics.n_judged)
+
     def atoms_at(self, chain: int, step: int):
         """The state of ``chain`` after production step ``step`` as ase.Atoms with its target energy."""
         import ase

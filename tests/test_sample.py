@@ -55,6 +55,9 @@ def test_sample_einstein_variance_and_result_shapes():
     post = chain_statistics(res.target_energies[:, 20:])
     assert np.isfinite(post.rhat) and post.rhat > 0.99
     assert d.ml_energy_error_eV.shape == (64, 80)
+    # a structural observable has its diagnostics too: the C-C nearest-neighbour distance
+    name, stats = res.structural_statistics()
+    assert name == "nn_C-C_A" and stats.ess > 100 and stats.rhat < 1.1
     # no warm-up: the first 10% of the run is burn-in, not recorded (the start structure is not kept)
     assert d.burn_in_steps == 8 and d.warmup_steps == 0
     assert d.n_judged == 1 + 64 * (8 + 80)  # the 64 identical start structures are one configuration
