@@ -1,6 +1,11 @@
-"""Command line: ``slhmc run --quickstart`` (a short SLHMC run with real PySCF acceptance) and
-``slhmc neighbours`` (neighbour statistics of a rutile supercell); ``slhmc finetune`` (optax
-fine-tuning of a MACE model on labelled structures, settings from a TOML file and flags)."""
+"""Command line.
+
+- ``slhmc run [CONFIG] [--run-dir DIR] [--dry-run]``: the self-learning workflow and its control arms
+  (:mod:`slhmc_jax.workflow`); without a config the embedded quickstart;
+- ``slhmc analyze RUN_DIR`` / ``slhmc analyze TRAJ --reference REF``: the report;
+- ``slhmc finetune``: optax fine-tuning of a MACE model on labelled structures;
+- ``slhmc neighbours``: neighbour statistics of a rutile supercell.
+"""
 
 from __future__ import annotations
 
@@ -11,64 +16,58 @@ import time
 import numpy as np
 
 
-def _water_proposal():
-    """A harmonic valence model of H2O (O-H bonds and H-O-H angle) as the proposal Potential.
-
-    E = sum_bonds k_r/2 (r - r0)^2 + k_theta/2 (theta - theta0)^2, with r0 = 1.02 A,
-    k_r = 45 eV/A^2, theta0 = 97 deg, k_theta = 4 eV/rad^2 (near PBE/STO-3G; only the
-    acceptance rate depends on how near: the chain is exact either way).
-    """
-    import jax.numpy as jnp
-
-    from slhmc_jax.models import FunctionPotential
-
-    r0, k_r, theta0, k_theta = 1.02, 45.0, np.deg2rad(97.0), 4.0
-
-    def energy(positions, cell, numbers):
-        d1, d2 = positions[1] - positions[0], positions[2] - positions[0]
-        r1, r2 = jnp.linalg.norm(d1), jnp.linalg.norm(d2)
-        cos = jnp.dot(d1, d2) / (r1 * r2)
-        theta = jnp.arccos(jnp.clip(cos, -1 + 1e-12, 1 - 1e-12))
-        return 0.5 * k_r * ((r1 - r0) ** 2 + (r2 - r0) ** 2) + 0.5 * k_theta * (theta - theta0) ** 2
-
-    return FunctionPotential(energy, cutoff=None)
+def add_run_parser(sub) -> None:
+    """``slhmc run [CONFIG] [--run-dir DIR] [--dry-run]``: the self-learning workflow (the main job)."""
+    run = sub.add_parser("run", help="the self-learning workflow: SLHMC iterations, control arms, report")
+    run.add_argument("config", nargs="?", default=None,
+                     help="TOML config (default: the embedded quickstart, slhmc_jax/data/quickstart.toml)")
+    run.add_argument("--quickstart", action="store_true", help="the embedded quickstart config (the default)")
+    run.add_argument("--run-dir", dest="run_dir", default=None,
+                     help="run directory (default: slhmc-run-<config name>); the same command resumes a killed run")
+    run.add_argument("--dry-run", dest="dry_run", action="store_true",
+                     help="validate the config and print the planned target calls and cost, run nothing")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def run_quickstart(args) -> int:
-    from ase.build import molecule
+def run_workflow(args) -> int:
+    from pathlib import Path
 
-    import slhmc_jax
-    from slhmc_jax.targets import PySCFTarget
+    from slhmc_jax import config as cfg
 
-    atoms = molecule("H2O")
-    target = PySCFTarget.preset("pbe", basis="sto-3g", grids_level=0, conv_tol=1e-8)
-    proposal = _water_proposal()
-    print(f"SLHMC quickstart: H2O, target PBE/STO-3G (PySCF), proposal harmonic valence model, "
-          f"{args.chains} chains x {args.steps} steps at {args.temperature_K} K")
-    import tempfile
+    path = Path(args.config) if args.config else cfg.quickstart_path()
+    try:
+        config = cfg.load(path)
+    except cfg.ConfigError as err:
+        print(f"slhmc run: error in the config: {err}", file=sys.stderr)
+        return 2
+    from slhmc_jax import workflow
 
-    from slhmc_jax.store import LabelStore
-
+    plan = workflow.plan(config)
+    print(f"slhmc run: {path} ({config.run.iterations} SLHMC iterations, arms {', '.join(config.run.arms)}; "
+          f"target {config.target.code} {config.target.xc if config.target.code == 'pyscf' else config.target.calculator})")
+    print("planned target calls (upper bounds) and the cost at [cost] seconds_per_call:")
+    print(plan.describe())
+    if args.dry_run:
+        return 0
+    run_dir = Path(args.run_dir) if args.run_dir else Path(f"slhmc-run-{path.stem}")
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        store = LabelStore(args.store or f"{tmp}/labels.sqlite")
-        result = slhmc_jax.sample(
-            atoms, proposal, target, temperature_K=args.temperature_K, n_chains=args.chains, n_steps=args.steps,
-            trajectory_steps=10, timestep_fs=0.25, seed=args.seed, checkpoint=args.checkpoint, store=store)
-        n_rows = len(store)
-    wall = time.perf_counter() - start
-    d = result.diagnostics
-    rate = np.asarray(result.acceptance_rate)
-    r = np.linalg.norm(result.positions[:, :, 1:, :] - result.positions[:, :, :1, :], axis=-1)
-    print(f"acceptance rate per chain: {np.round(rate, 3).tolist()} (pooled {rate.mean():.3f})")
-    print(f"DFT calls: {d.n_target_calls} ({d.n_judged} configurations judged: 1 start structure, "
-          f"{d.burn_in_steps} burn-in and {args.steps} recorded steps x {args.chains} chains; "
-          f"{d.n_from_store} answered from the store); label store rows: {n_rows}; wall time {wall:.1f} s")
-    print(f"mean O-H distance {r.mean():.4f} A; mean target energy {result.target_energies.mean():.4f} eV")
-    name, stats = result.structural_statistics()
-    energy = d.mcmc.observables["target_energy_eV"]
-    if stats is not None and energy is not None:
-        print(f"ESS (R-hat): {name} {stats.ess:.1f} ({stats.rhat:.3f}), target energy {energy.ess:.1f} ({energy.rhat:.3f})")
+    try:
+        report_path = workflow.run(config, run_dir, progress=not args.quiet)
+    except cfg.ConfigError as err:
+        print(f"slhmc run: error: {err}", file=sys.stderr)
+        return 2
+    import json
+
+    report = json.loads(report_path.read_text())
+    print(f"\nwall time {time.perf_counter() - start:.0f} s; report: {report_path} and {report_path.with_suffix('.md')}")
+    for it in report["metadata"]["iterations"]:
+        print(f"  SLHMC iteration {it['iteration']} (proposal {it['proposal']}): acceptance {it['acceptance']:.3f}, "
+              f"{it['target_calls']} target calls")
+    print("  Wasserstein W1 to the target reference [95% interval]:")
+    for arm, values in report["arms"].items():
+        for name, (w, lo, hi) in values["wasserstein"].items():
+            print(f"    {arm:<11s} {name:<14s} {w:.4f} [{lo:.4f}, {hi:.4f}]")
+    print("  time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report["time_breakdown_s"].items()))
     return 0
 
 
@@ -194,29 +193,19 @@ def run_analyze(args) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="slhmc", description="self-learning hybrid Monte Carlo in JAX")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run SLHMC")
-    run.add_argument("--quickstart", action="store_true", help="the embedded H2O / PBE demo (default)")
-    run.add_argument("--chains", type=int, default=4)
-    run.add_argument("--steps", type=int, default=20)
-    run.add_argument("--temperature-K", dest="temperature_K", type=float, default=300.0)
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--checkpoint", default=None, help="checkpoint file (resumes if present)")
-    run.add_argument("--store", default=None, help="label store (SQLite) for every DFT result (default: a temporary file)")
+    add_run_parser(sub)
     nb = sub.add_parser("neighbours", help="neighbour statistics of a rutile supercell")
     nb.add_argument("--repeat", type=int, nargs=3, default=[2, 2, 3])
     nb.add_argument("--cutoff", type=float, default=6.0, help="Angstrom")
     add_finetune_parser(sub)
     add_analyze_parser(sub)
     args = parser.parse_args(argv)
-    for name in ("chains", "steps"):
-        if getattr(args, name, 1) < 1:
-            parser.error(f"--{name} must be >= 1")
     if args.command == "finetune":
         return run_finetune(args)
     if args.command == "analyze":
         return run_analyze(args)
     if args.command == "run":
-        return run_quickstart(args)
+        return run_workflow(args)
     return run_neighbours(args)
 
 

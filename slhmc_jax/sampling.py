@@ -406,6 +406,8 @@ class _Driver:
             raise ValueError(f"ensemble={settings.ensemble!r} needs a fully periodic structure; pbc is {self.pbc.tolist()}")
         if checkpoint is not None and store is None:
             store = os.fspath(checkpoint) + ".labels.sqlite"  # a resumed run must not repeat a target call
+        if store is False:  # asked for no store (a cheap judge, e.g. a model judging itself)
+            store = None
         self.judge = Judge(target, store, labels=labels, max_retries=settings.max_retries, on_failure=settings.on_failure)
         self.record_dtype = _record_dtype(settings.n_chains, len(self.template))
         self.checkpoint = None if checkpoint is None else Checkpoint(checkpoint, self.record_dtype)
@@ -704,7 +706,7 @@ def sample(atoms, proposal, target, *, settings: SamplerSettings | None = None, 
             pressure_GPa, warmup_steps, burn_in_steps, ...).
         store: a :class:`slhmc_jax.store.LabelStore` or its path: every target result is committed
             there before it is used, and a configuration already there is not evaluated again.
-            Default: none, or ``checkpoint + ".labels.sqlite"`` when checkpointing.
+            Default: none, or ``checkpoint + ".labels.sqlite"`` when checkpointing; False: none.
         labels: "energy", or "forces" to have the target compute forces at every proposal (a
             full training label per stored row). Measured here (PySCF PBE/STO-3G H2O, grid level
             0, warm-started, one thread): 0.048 s of CPU per energy, 0.069 s with forces (1.4x);

@@ -133,6 +133,30 @@ def rutile(a: float = RUTILE_A, c: float = RUTILE_C, u: float = RUTILE_U, repeat
     return supercell(atoms, repeat)
 
 
+# molecules ASE's g2 set lacks: symbols and positions (Angstrom), near their PBE geometries
+MOLECULES = {
+    # bent C2v TiO2 (singlet): Ti-O 1.65 A, O-Ti-O 111 deg
+    "TiO2": ("TiOO", [[0.0, 0.0, 0.0], [0.0, 1.3610, 0.9329], [0.0, -1.3610, 0.9329]]),
+}
+
+
+def molecule(name: str):
+    """A molecule as ``ase.Atoms`` (not periodic): one of :data:`MOLECULES` or of ASE's g2 set."""
+    from ase import Atoms
+    from ase.build import molecule as ase_molecule
+
+    if name in MOLECULES:
+        symbols, positions = MOLECULES[name]
+        return Atoms(symbols, positions=positions)
+    try:
+        return ase_molecule(name)
+    except KeyError:
+        from ase.collections import g2
+
+        raise ValueError(f"unknown molecule {name!r}: not in {sorted(MOLECULES)} nor ASE's g2 set "
+                         f"({len(g2.names)} names, e.g. H2O, CH4, CO2)") from None
+
+
 def crystal(name: str, crystalstructure: str | None = None, a: float | None = None, repeat=(1, 1, 1), **kwargs):
     """Any crystal ASE can build (``ase.build.bulk``), optionally repeated; e.g. ``crystal("Si", "diamond", 5.43)``."""
     from ase.build import bulk

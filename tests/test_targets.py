@@ -271,3 +271,40 @@ def test_warm_starts_are_kept_per_chain_whatever_the_batch_order():
                                    np.abs(apart.warm_starts.get(c, second[c]).mo_coeff), atol=1e-6)
     assert np.max(np.abs(np.abs(together.warm_starts.get(0, second[0]).mo_coeff)
                          - np.abs(together.warm_starts.get(1, second[1]).mo_coeff))) > 1e-3
+
+
+def test_potential_target_equals_the_calculator_and_samples_its_own_distribution():
+    """A Potential as a Target: batch results equal the ASE calculator's, and HMC with the model as
+    its own judge samples the model's Boltzmann distribution (harmonic wells: variance kT/k)."""
+    import jax.numpy as jnp
+    from ase.calculators.emt import EMT  # noqa: F401  (ASE available)
+
+    import slhmc_jax
+    from slhmc_jax.calculator import Calculator
+    from slhmc_jax.integrators import KB_EV_PER_K
+    from slhmc_jax.models import registry
+    from slhmc_jax.models.base import FunctionPotential
+    from slhmc_jax.targets import PotentialTarget
+
+    lj = registry.build("lennard_jones", (18,), epsilon_eV=0.0104, sigma_A=3.4, cutoff_A=5.0, onset_A=4.0)
+    argon = bulk("Ar", "fcc", a=5.26, cubic=True)
+    frames = []
+    for seed in range(3):
+        a = argon.copy()
+        a.rattle(0.1, seed=seed)
+        frames.append(a)
+    results = PotentialTarget(lj).evaluate(frames)
+    for a, r in zip(frames, results):
+        a = a.copy()
+        a.calc = Calculator(lj)
+        assert r.energy_eV == pytest.approx(a.get_potential_energy(), abs=1e-12)
+        np.testing.assert_allclose(r.forces_eV_A, a.get_forces(), atol=1e-12)
+        np.testing.assert_allclose(r.stress_eV_A3, a.get_stress(), atol=1e-12)
+
+    k, T = 4.0, 300.0
+    sites = np.array([[0.0, 0, 0], [2.0, 0, 0]])
+    well = FunctionPotential(lambda x, c, z: 0.5 * k * jnp.sum((x - sites) ** 2))
+    res = slhmc_jax.sample(Atoms("CO", positions=sites), well, PotentialTarget(well), temperature_K=T, n_chains=32,
+                           n_steps=60, trajectory_steps=8, timestep_fs=2.0, seed=0, progress=False)
+    assert abs(np.var(res.positions - sites) / (KB_EV_PER_K * T / k) - 1) < 0.1
+    assert res.acceptance_rate.mean() > 0.95  # the proposal is the target: only integration error rejects

@@ -14,4 +14,13 @@ from slhmc_jax.targets.base import (
 from slhmc_jax.targets.pyscf_target import PySCFTarget
 
 __all__ = ["Target", "TargetResult", "TargetEvaluationError", "PySCFTarget", "ASETarget", "CallableTarget",
-           "SingleEvaluationTarget", "WarmStarts", "as_target", "with_forces"]
+           "PotentialTarget", "SingleEvaluationTarget", "WarmStarts", "as_target", "with_forces"]
+
+
+def __getattr__(name):
+    # PotentialTarget pulls in the JAX core; DFT worker processes importing the targets must not pay for it
+    if name == "PotentialTarget":
+        from slhmc_jax.targets.potential_target import PotentialTarget
+
+        return PotentialTarget
+    raise AttributeError(f"module 'slhmc_jax.targets' has no attribute {name!r}")

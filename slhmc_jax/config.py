@@ -1,0 +1,451 @@
+"""The workflow's TOML configuration, validated into typed settings before anything starts.
+
+Every table is one frozen dataclass; a key the table does not have, a value of the wrong type or
+an impossible value raises :class:`ConfigError` naming the table, the key and why::
+
+    [run]         RunConfig        iterations, arms, seed
+    [system]      SystemConfig     the structure (a molecule, rutile, an ASE crystal, a file)
+    [model]       ModelConfig      the foundation model (a MACE-MP name, a file, a registry model)
+    [target]      TargetConfig     the judge (PySCF, an ASE calculator), dispatch
+    [sampler]     SamplerSettings  the SLHMC production runs (slhmc_jax.sampling)
+    [finetune]    FinetuneSettings the recipe shared by every arm (slhmc_jax.finetune)
+    [relabel]     RelabelConfig    the relabel control: sampling of the base model's distribution
+    [evaluation]  EvaluationConfig the sampling of each arm's model and the observables
+    [cost]        CostConfig       seconds per target call, for ``--dry-run`` estimates
+
+Units are in the key names (``temperature_K``, ``timestep_fs``, ``pressure_GPa``, ``conv_tol_Ha``).
+TOML has no null: ``key = false`` turns an optional setting off (``ema_decay = false``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Union
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+ARMS = ("foundation", "relabel", "slhmc")
+STRUCTURES = ("molecule", "rutile", "crystal", "file")
+TARGET_CODES = ("pyscf", "ase")
+DISPATCH = ("serial", "processes", "dask")
+SAMPLED_BY = ("hmc",)
+
+
+class ConfigError(ValueError):
+    """A bad configuration: names the table and key."""
+
+
+def _fail(table: str, key: str, why: str):
+    raise ConfigError(f"[{table}] {key}: {why}")
+
+
+# ----------------------------------------------------------------------------------------
+# the tables the workflow defines (SamplerSettings and FinetuneSettings come from their modules)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """iterations: self-learning iterations (SLHMC run -> fine-tune) of the slhmc arm (>= 1).
+    arms: the arms to build and compare (the slhmc production samples are the reference, always run).
+    seed: seeds every arm (the sampler and fine-tuning seeds are offset from it per phase).
+    labels: "forces" (the target computes forces at every SLHMC proposal: every stored row is a
+        training label) or "accepted" (energies only while sampling; forces afterwards for the
+        states trained on; cheaper when forces cost much more than energies or acceptance is low)
+        or "energy" (energies only, everywhere: for targets without forces, e.g. PySCF's periodic
+        r2SCAN; needs [finetune] forces_weight = 0).
+    """
+
+    iterations: int = 2
+    arms: tuple[str, ...] = ARMS
+    seed: int = 0
+    labels: str = "forces"
+
+    def __post_init__(self):
+        if self.iterations < 1:
+            _fail("run", "iterations", f"must be >= 1; got {self.iterations}")
+        if self.labels not in ("forces", "accepted", "energy"):
+            _fail("run", "labels", f"must be 'forces', 'accepted' or 'energy'; got {self.labels!r}")
+        bad = [a for a in self.arms if a not in ARMS]
+        if bad or not self.arms or len(set(self.arms)) != len(self.arms):
+            _fail("run", "arms", f"must be distinct names from {ARMS}; got {list(self.arms)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SystemConfig:
+    """The start structure.
+
+    structure: "molecule" (``name``: an ASE g2 name or one of ``slhmc_jax.structures.MOLECULES``),
+        "rutile" (``repeat``), "crystal" (``name``, ``crystalstructure``, ``a_A``, ``repeat``: ASE's
+        bulk), or "file" (``path``: any file ASE reads; relative paths are relative to the config).
+    vacuum_A: box around a molecule, A (a molecule is not periodic; the box only holds it).
+    """
+
+    structure: str = "molecule"
+    name: str = "H2O"
+    repeat: tuple[int, ...] = (1, 1, 1)
+    crystalstructure: str | None = None
+    a_A: float | None = None
+    path: str | None = None
+    vacuum_A: float = 6.0
+
+    def __post_init__(self):
+        if self.structure not in STRUCTURES:
+            _fail("system", "structure", f"must be one of {STRUCTURES}; got {self.structure!r}")
+        if len(self.repeat) != 3 or any(r < 1 for r in self.repeat):
+            _fail("system", "repeat", f"must be three positive integers; got {list(self.repeat)}")
+        if self.structure == "file" and not self.path:
+            _fail("system", "path", "is required when structure = 'file'")
+        if self.vacuum_A <= 0:
+            _fail("system", "vacuum_A", f"must be > 0 A; got {self.vacuum_A}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The foundation model.
+
+    foundation: "package:NAME" (a model shipped in ``slhmc_jax/data``), a MACE-MP name mace-torch
+        knows ("mace-mp-0-small", "mace-mp-0-medium", "mace-mp-0-large", "mace-mpa-0-medium", ...),
+        a file (mace-torch ``.model`` or the project's ``.npz``), or "registry:NAME" with
+        ``hyperparameters`` (a model of ``slhmc_jax.models.registry``, random weights, ``seed``).
+    dtype: "float64" or "float32" (the ML trajectory's precision; acceptance is float64 regardless).
+    """
+
+    foundation: str = "package:quickstart_tio2_lda"
+    dtype: str = "float64"
+    hyperparameters: dict = dataclasses.field(default_factory=dict)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.dtype not in ("float32", "float64"):
+            _fail("model", "dtype", f"must be 'float32' or 'float64'; got {self.dtype!r}")
+        if not self.foundation:
+            _fail("model", "foundation", "must name a model")
+        if self.hyperparameters and not self.foundation.startswith("registry:"):
+            _fail("model", "hyperparameters", "only apply to foundation = 'registry:NAME'")
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetConfig:
+    """The judge.
+
+    code: "pyscf" (the keys below are PySCFTarget's) or "ase" (``calculator``: "emt", "morse" or
+        "lj" with ``parameters``).
+    dispatch: "serial" (in this process), "processes" (a local pool of ``workers``) or "dask"
+        (``scheduler``: address, or empty for a local cluster of ``workers``).
+    """
+
+    code: str = "pyscf"
+    xc: str = "pbe"
+    basis: str = "def2-svp"
+    pseudo: str | None = None
+    kpts: tuple[int, ...] | None = None
+    charge: int = 0
+    spin: int = 0
+    grids_level: int = 1
+    conv_tol_Ha: float = 1e-8
+    max_cycle: int = 100
+    ke_cutoff_Ha: float = 200.0
+    multigrid: bool = False
+    density_fit: bool = False
+    device: str = "auto"
+    calculator: str | None = None
+    parameters: dict = dataclasses.field(default_factory=dict)
+    dispatch: str = "serial"
+    workers: int = 2
+    scheduler: str | None = None
+
+    def __post_init__(self):
+        if self.code not in TARGET_CODES:
+            _fail("target", "code", f"must be one of {TARGET_CODES}; got {self.code!r}")
+        if self.dispatch not in DISPATCH:
+            _fail("target", "dispatch", f"must be one of {DISPATCH}; got {self.dispatch!r}")
+        if self.workers < 1:
+            _fail("target", "workers", f"must be >= 1; got {self.workers}")
+        if self.conv_tol_Ha <= 0:
+            _fail("target", "conv_tol_Ha", f"must be > 0 Ha; got {self.conv_tol_Ha}")
+        if self.code == "ase" and self.calculator not in ("emt", "morse", "lj"):
+            _fail("target", "calculator", f"must be 'emt', 'morse' or 'lj' for code = 'ase'; got {self.calculator!r}")
+        if self.code == "pyscf":
+            from slhmc_jax.targets.pyscf_target import _check_xc
+
+            try:
+                _check_xc(self.xc)
+            except ValueError as err:
+                _fail("target", "xc", str(err))
+        if self.kpts is not None and (len(self.kpts) != 3 or any(k < 1 for k in self.kpts)):
+            _fail("target", "kpts", f"must be three positive integers; got {list(self.kpts)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RelabelConfig:
+    """The relabel control: configurations drawn from the base model's own Boltzmann distribution
+    (HMC with the model as its own judge, the temperature, pressure and ensemble of [sampler]), as
+    many as the slhmc arm trains on, labelled by the same target and fine-tuned with the same recipe.
+
+    n_chains, warmup_steps, burn_in_steps, trajectory_steps, timestep_fs: its sampler.
+    """
+
+    n_chains: int = 8
+    warmup_steps: int = 20
+    burn_in_steps: int = 20
+    trajectory_steps: int = 10
+    timestep_fs: float = 0.5
+
+    def __post_init__(self):
+        for key in ("n_chains", "trajectory_steps"):
+            if getattr(self, key) < 1:
+                _fail("relabel", key, f"must be >= 1; got {getattr(self, key)}")
+        for key in ("warmup_steps", "burn_in_steps"):
+            if getattr(self, key) < 0:
+                _fail("relabel", key, f"must be >= 0; got {getattr(self, key)}")
+        if self.timestep_fs <= 0:
+            _fail("relabel", "timestep_fs", f"must be > 0 fs; got {self.timestep_fs}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+    """Each arm's final model sampled on its own (HMC, the model as its own judge), and what is
+    measured against the target reference.
+
+    n_chains, n_steps, warmup_steps, burn_in_steps, trajectory_steps, timestep_fs: its sampler.
+    reference: the target reference: "last" (the production samples of the last SLHMC iteration,
+        proposed by the best model, so the best mixed) or "all" (every iteration's, pooled: exact
+        draws too, but the first iteration's chains start from the start structure with the
+        foundation proposing and may not have forgotten it).
+    pairs: element pairs for nearest-neighbour distances and RDFs, e.g. [["Ti", "O"]].
+    k: nearest neighbours per atom of pair[0] (the Ti-O octahedron: 6; a TiO2 molecule: 2).
+    r_max_A, n_bins: RDF range (A; default 6 A for a crystal, for a molecule the largest distance the
+        frames support) and bins. n_bootstrap: bootstrap replicates of the intervals.
+    """
+
+    n_chains: int = 8
+    n_steps: int = 200
+    warmup_steps: int = 20
+    burn_in_steps: int = 20
+    trajectory_steps: int = 10
+    timestep_fs: float = 0.5
+    reference: str = "last"
+    pairs: tuple[tuple[str, ...], ...] = (("Ti", "O"),)
+    k: int = 6
+    r_max_A: float | None = None
+    n_bins: int = 200
+    n_bootstrap: int = 1000
+
+    def __post_init__(self):
+        for key in ("n_chains", "n_steps", "trajectory_steps", "k", "n_bins", "n_bootstrap"):
+            if getattr(self, key) < 1:
+                _fail("evaluation", key, f"must be >= 1; got {getattr(self, key)}")
+        for key in ("warmup_steps", "burn_in_steps"):
+            if getattr(self, key) < 0:
+                _fail("evaluation", key, f"must be >= 0; got {getattr(self, key)}")
+        if self.r_max_A is not None and self.r_max_A <= 0:
+            _fail("evaluation", "r_max_A", f"must be > 0 A; got {self.r_max_A}")
+        for key in ("timestep_fs",):
+            if getattr(self, key) <= 0:
+                _fail("evaluation", key, f"must be > 0; got {getattr(self, key)}")
+        if self.reference not in ("last", "all"):
+            _fail("evaluation", "reference", f"must be 'last' or 'all'; got {self.reference!r}")
+        if not self.pairs or any(len(p) != 2 for p in self.pairs):
+            _fail("evaluation", "pairs", f"must be a list of [element, element] pairs; got {[list(p) for p in self.pairs]}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CostConfig:
+    """For ``slhmc run --dry-run``: the measured (or expected) cost of one target call.
+
+    seconds_per_call: wall seconds of one energy (+ forces) evaluation on one worker, as measured
+        for this system and functional (the example configs say where their number comes from).
+    """
+
+    seconds_per_call: float = 1.0
+
+    def __post_init__(self):
+        if self.seconds_per_call <= 0:
+            _fail("cost", "seconds_per_call", f"must be > 0 s; got {self.seconds_per_call}")
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkflowConfig:
+    """The whole configuration (one attribute per table)."""
+
+    run: RunConfig
+    system: SystemConfig
+    model: ModelConfig
+    target: TargetConfig
+    sampler: Any  # SamplerSettings
+    finetune: Any  # FinetuneSettings
+    relabel: RelabelConfig
+    evaluation: EvaluationConfig
+    cost: CostConfig
+    source: str = "<defaults>"
+
+
+# ----------------------------------------------------------------------------------------
+# TOML -> dataclasses
+
+
+def _tables():
+    from slhmc_jax.finetune import FinetuneSettings
+    from slhmc_jax.sampling import SamplerSettings
+
+    return {"run": RunConfig, "system": SystemConfig, "model": ModelConfig, "target": TargetConfig,
+            "sampler": SamplerSettings, "finetune": FinetuneSettings, "relabel": RelabelConfig,
+            "evaluation": EvaluationConfig, "cost": CostConfig}
+
+
+# keys a table does not take from the file (the workflow sets them)
+_RESERVED = {"finetune": ("output_dir", "resume", "progress"), "sampler": ()}
+
+
+def _describe(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "a list"
+    if tp is type(None):
+        return "false (off)"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table"}.get(tp, str(tp))
+
+
+def _coerce(table: str, key: str, value, tp):
+    """``value`` as type ``tp`` (TOML's int -> float, list -> tuple), or ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        if type(None) in typing.get_args(tp) and (value is None or value is False) and bool not in typing.get_args(tp):
+            return None  # TOML has no null: `key = false` turns an optional setting off
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(table, key, value, arg)
+            except ConfigError:
+                pass
+        _fail(table, key, f"must be {_describe(tp)}; got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list):
+            _fail(table, key, f"must be a list; got {value!r}")
+        args = typing.get_args(tp)
+        inner = args[0] if args else Any
+        return tuple(v if inner is Any else _coerce(table, key, v, inner) for v in value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            _fail(table, key, f"must be true or false; got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(table, key, f"must be an integer; got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(table, key, f"must be a number; got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            _fail(table, key, f"must be a string; got {value!r}")
+        return value
+    if tp is dict:
+        if not isinstance(value, dict):
+            _fail(table, key, f"must be a table; got {value!r}")
+        return value
+    return value
+
+
+def _build(table: str, cls, values: dict):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    reserved = _RESERVED.get(table, ())
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields or key in reserved:
+            allowed = sorted(fields - set(reserved))
+            _fail(table, key, f"unknown key (allowed: {', '.join(allowed)})")
+        kwargs[key] = _coerce(table, key, value, hints[key])
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as err:
+        msg = str(err)
+        key = next((k for k in sorted(fields, key=len, reverse=True) if k in msg), "?")
+        raise ConfigError(f"[{table}] {key}: {msg}") from None
+
+
+def from_dict(data: dict, source: str = "<dict>") -> WorkflowConfig:
+    """Validate a parsed TOML document into a WorkflowConfig."""
+    tables = _tables()
+    unknown = sorted(set(data) - set(tables))
+    if unknown:
+        raise ConfigError(f"unknown table(s) {unknown} in {source} (allowed: {', '.join(tables)})")
+    for name, value in data.items():
+        if not isinstance(value, dict):
+            raise ConfigError(f"[{name}] must be a table; got {value!r}")
+    sampler_defaults = dict(temperature_K=300.0, n_chains=8, n_steps=20, trajectory_steps=10, timestep_fs=0.5, seed=0)
+    built = {}
+    for name, cls in tables.items():
+        values = dict(data.get(name, {}))
+        if name == "sampler":
+            values = sampler_defaults | values
+        built[name] = _build(name, cls, values)
+    if built["run"].labels == "energy" and built["finetune"].forces_weight > 0:
+        raise ConfigError("[finetune] forces_weight: must be 0 with [run] labels = 'energy' (no forces are computed); "
+                          f"got {built['finetune'].forces_weight}")
+    return WorkflowConfig(**built, source=source)
+
+
+def load(path) -> WorkflowConfig:
+    """Read and validate a TOML config file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no config file at {path}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}") from None
+    config = from_dict(data, source=str(path))
+    system = config.system
+    if system.path and not Path(system.path).is_absolute():
+        config = dataclasses.replace(config, system=dataclasses.replace(system, path=str(path.parent / system.path)))
+    return config
+
+
+def quickstart_path() -> Path:
+    """The embedded quickstart config (shipped inside the package)."""
+    return Path(__file__).parent / "data" / "quickstart.toml"
+
+
+def to_toml(config: WorkflowConfig) -> str:
+    """The config as TOML (every key, defaults included): what a run directory keeps and compares."""
+    lines = []
+    for name in _tables():
+        obj = getattr(config, name)
+        lines.append(f"[{name}]")
+        for f in dataclasses.fields(obj):
+            if name in _RESERVED and f.name in _RESERVED[name]:
+                continue
+            value = getattr(obj, f.name)
+            lines.append(f"{f.name} = {'false' if value is None else _toml_value(value)}")  # false: off (None)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (tuple, list)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"cannot write {v!r} as TOML")

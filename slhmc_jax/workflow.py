@@ -1,0 +1,533 @@
+"""The self-learning workflow and its control arms: what ``slhmc run`` does.
+
+For a config (:mod:`slhmc_jax.config`) and a run directory:
+
+1. slhmc arm, iterations k = 0 .. K-1: a production SLHMC run with model_k frozen as the proposal
+   and the target as the judge (every result, forces included, in the label store), then
+   model_{k+1} = the foundation fine-tuned on all SLHMC samples so far (exact draws of the target
+   distribution). model_0 is the foundation. Iteration k+1 starts from iteration k's end states
+   (and burns in again: iteration 0's chains, proposed by the foundation, may mix slowly).
+2. relabel arm: configurations drawn from the foundation's own Boltzmann distribution (HMC with
+   the model as its own judge, same temperature and ensemble), as many as the slhmc arm's final
+   model was trained on, labelled by the same target, fine-tuned with the same recipe: the two
+   arms differ only in where their configurations come from.
+3. foundation arm: the foundation unchanged.
+4. evaluation: each arm's final model sampled on its own (its exact Boltzmann distribution);
+   observables against the target reference (the SLHMC production samples), Wasserstein
+   distances with intervals, the importance-weight ESS of the relabel set; the report.
+
+Run directory::
+
+    RUN_DIR/config.toml            the validated config (a rerun must use the same one)
+    RUN_DIR/labels.sqlite          every target result (label store)
+    RUN_DIR/slhmc/iter_K/          sample checkpoint, samples.npz (the production samples)
+    RUN_DIR/finetune/<model>/      fine-tuning checkpoints, metrics, learning curve
+    RUN_DIR/models/<model>.*       models: params (.params.pkl), MACE native (.npz) and mace-torch (.model)
+    RUN_DIR/relabel/               the foundation's own samples and the relabel set
+    RUN_DIR/evaluation/<arm>/      each arm's model sampled on its own
+    RUN_DIR/manifest.json, reference.npz, sampler.npz, arms/   the analysis inputs (slhmc_jax.run_directory)
+    RUN_DIR/report.json, report.md, figures/                   the report
+    RUN_DIR/timings.json           seconds per phase (target DFT, ML sampling, training, analysis)
+
+Killed at any moment, the same command on the same directory resumes: finished phases are read
+back from their files, an unfinished sampler run continues from its checkpoint, a fine-tuning from
+its checkpoint, and every target result already in the label store is reused, so no DFT call is
+repeated and the end result is what an uninterrupted run gives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pickle
+import time
+from pathlib import Path
+
+import numpy as np
+
+from slhmc_jax import config as cfg
+
+PROMOTED_METADATA = ("time_breakdown_s", "iterations", "dft_calls")
+
+
+# ----------------------------------------------------------------------------------------
+# building the pieces from the config
+
+
+def build_structure(system: cfg.SystemConfig):
+    """The start structure (ase.Atoms) the config describes."""
+    import ase.io
+
+    from slhmc_jax import structures
+
+    if system.structure == "molecule":
+        atoms = structures.molecule(system.name)
+        atoms.center(vacuum=system.vacuum_A)
+        atoms.pbc = False
+        return atoms
+    if system.structure == "rutile":
+        return structures.rutile(repeat=tuple(system.repeat))
+    if system.structure == "crystal":
+        kwargs = {} if system.crystalstructure is None else {"crystalstructure": system.crystalstructure}
+        return structures.crystal(system.name, a=system.a_A, repeat=tuple(system.repeat), **kwargs)
+    try:
+        return ase.io.read(system.path)
+    except FileNotFoundError:
+        raise cfg.ConfigError(f"[system] path: no file at {system.path}") from None
+
+
+def build_target(target: cfg.TargetConfig):
+    """The Target the config describes (dispatched to workers if asked)."""
+    if target.code == "ase":
+        from slhmc_jax.targets import ASETarget
+
+        return ASETarget(_ase_calculator(target), compute_forces=True)
+    from slhmc_jax.targets import PySCFTarget
+
+    t = PySCFTarget(xc=target.xc, basis=target.basis, pseudo=target.pseudo, kpts=target.kpts, charge=target.charge,
+                    spin=target.spin, conv_tol=target.conv_tol_Ha, max_cycle=target.max_cycle,
+                    grids_level=target.grids_level, ke_cutoff_Ha=target.ke_cutoff_Ha, multigrid=target.multigrid,
+                    density_fit=target.density_fit, device=target.device, compute_forces=True)
+    if target.dispatch == "serial":
+        return t
+    from slhmc_jax.dispatch import DispatchedTarget, dask_executor
+
+    executor = dask_executor(target.scheduler, n_workers=target.workers) if target.dispatch == "dask" else None
+    return DispatchedTarget(t, executor=executor, max_workers=target.workers)
+
+
+def _ase_calculator(target: cfg.TargetConfig):
+    p = dict(target.parameters)
+    try:
+        if target.calculator == "emt":
+            from ase.calculators.emt import EMT
+
+            return EMT(**p)
+        if target.calculator == "morse":
+            from ase.calculators.morse import MorsePotential
+
+            return MorsePotential(**p)
+        from ase.calculators.lj import LennardJones
+
+        return LennardJones(**p)
+    except TypeError as err:
+        raise cfg.ConfigError(f"[target] parameters: {err}") from None
+
+
+def sampler_settings(config: cfg.WorkflowConfig, phase: str, **overrides):
+    """The SamplerSettings of a phase: [sampler] with a phase seed and the phase's own overrides."""
+    seeds = {"slhmc": 0, "relabel": 1000, "evaluation": 2000}
+    base = config.sampler
+    return dataclasses.replace(base, seed=config.run.seed + base.seed + seeds[phase.split(":")[0]] + overrides.pop("offset", 0),
+                               **overrides)
+
+
+# ----------------------------------------------------------------------------------------
+# time accounting
+
+
+class Timings:
+    """Seconds per category, persisted in ``timings.json`` (a resumed run adds to it)."""
+
+    CATEGORIES = ("target_dft", "ml_sampling", "training", "analysis")
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.seconds = {c: 0.0 for c in self.CATEGORIES}
+        if path.exists():
+            self.seconds.update(json.loads(path.read_text()))
+
+    def add(self, category: str, seconds: float) -> None:
+        self.seconds[category] = self.seconds.get(category, 0.0) + float(seconds)
+        _write_text(self.path, json.dumps(self.seconds, indent=1))
+
+
+class TimedTarget:
+    """A Target whose evaluations are timed into ``timings`` (category "target_dft")."""
+
+    def __init__(self, target, timings: Timings):
+        self.target, self.timings = target, timings
+        self.compute_forces = getattr(target, "compute_forces", False)
+
+    def settings(self) -> dict:
+        return self.target.settings()
+
+    def with_forces(self):
+        from slhmc_jax.targets import with_forces
+
+        return TimedTarget(with_forces(self.target), self.timings)
+
+    def evaluate_streaming(self, atoms_list, chains=None):
+        from slhmc_jax.targets.base import stream
+
+        t0 = time.perf_counter()
+        try:
+            yield from stream(self.target, atoms_list, chains)
+        finally:
+            self.timings.add("target_dft", time.perf_counter() - t0)
+
+    def evaluate(self, atoms_list, chains=None):
+        out = [None] * len(atoms_list)
+        for j, r in self.evaluate_streaming(atoms_list, chains):
+            out[j] = r
+        return out
+
+    def __call__(self, atoms_list):
+        return np.array([r.energy_eV for r in self.evaluate(atoms_list)])
+
+
+# ----------------------------------------------------------------------------------------
+# files
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_npz(path: Path, **arrays) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _save_model(potential, path_stem: Path) -> None:
+    """params (always; reloaded onto the foundation's structure), MACE native .npz and mace-torch .model."""
+    import jax
+
+    path_stem.parent.mkdir(parents=True, exist_ok=True)
+    params = jax.tree_util.tree_map(np.asarray, potential.params)
+    tmp = path_stem.with_name(path_stem.name + ".params.pkl.tmp")
+    with open(tmp, "wb") as fh:
+        pickle.dump(params, fh)
+    if hasattr(potential, "hyperparameters"):  # a MACE: files the world reads too
+        from slhmc_jax.models import mace
+
+        mace.save(potential, path_stem.with_suffix(".npz"))
+        try:
+            mace.save_torch(potential, path_stem.with_suffix(".model"))
+        except ImportError:
+            pass
+    os.replace(tmp, path_stem.with_name(path_stem.name + ".params.pkl"))  # written last: the model is complete
+
+
+def _load_model(base, path_stem: Path):
+    """The model saved by :func:`_save_model` (on the structure of ``base``), or None if not there."""
+    path = path_stem.with_name(path_stem.name + ".params.pkl")
+    if not path.exists():
+        return None
+    with open(path, "rb") as fh:
+        params = pickle.load(fh)
+    import jax
+    import jax.numpy as jnp
+
+    return dataclasses.replace(base, params=jax.tree_util.tree_map(jnp.asarray, params))
+
+
+# ----------------------------------------------------------------------------------------
+# the workflow
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Target calls each phase makes at most (``--dry-run``) and their cost."""
+
+    calls: dict
+    seconds_per_call: float
+    workers: int
+
+    @property
+    def total_calls(self) -> int:
+        return int(sum(self.calls.values()))
+
+    @property
+    def estimated_seconds(self) -> float:
+        return self.total_calls * self.seconds_per_call / self.workers
+
+    def describe(self) -> str:
+        lines = [f"  {k:<28s} <= {v:7d} target calls" for k, v in self.calls.items()]
+        h = self.estimated_seconds / 3600
+        lines.append(f"  {'total':<28s} <= {self.total_calls:7d} target calls x {self.seconds_per_call:g} s "
+                     f"/ {self.workers} worker(s) = {self.estimated_seconds:.0f} s ({h:.2f} h)")
+        return "\n".join(lines)
+
+
+def plan(config: cfg.WorkflowConfig) -> Plan:
+    """Upper bounds of the target calls of every phase (each production state may be a new label)."""
+    s = config.sampler
+    n_burn = s.n_burn_in
+    calls = {}
+    n_train = 0
+    for k in range(config.run.iterations):
+        calls[f"slhmc iteration {k}"] = s.n_chains * (s.warmup_steps + n_burn + s.n_steps) + (1 if k == 0 else 0)
+        n_train += s.n_chains * s.n_steps
+    if config.run.labels == "accepted":
+        calls["forces of the SLHMC states"] = n_train
+    if "relabel" in config.run.arms:
+        calls["relabel labels"] = n_train
+    workers = config.target.workers if config.target.dispatch != "serial" else 1
+    return Plan(calls, config.cost.seconds_per_call, workers)
+
+
+class Workflow:
+    """One run of the workflow in a run directory (see the module docstring)."""
+
+    def __init__(self, config: cfg.WorkflowConfig, run_dir, *, foundation=None, target=None, progress: bool = True):
+        from slhmc_jax.store import LabelStore
+
+        self.config = config
+        self.dir = Path(run_dir)
+        self.progress = progress
+        self._check_directory()
+        self.timings = Timings(self.dir / "timings.json")
+        self.store = LabelStore(self.dir / "labels.sqlite")
+        self.start = build_structure(config.system)
+        from slhmc_jax.targets import as_target
+
+        self.target = TimedTarget(as_target(target) if target is not None else build_target(config.target), self.timings)
+        self.foundation = foundation if foundation is not None else self._load_foundation()
+
+    # ---- set-up
+
+    def _check_directory(self) -> None:
+        text = cfg.to_toml(self.config)
+        path = self.dir / "config.toml"
+        if path.exists():
+            if path.read_text() != text:
+                raise cfg.ConfigError(f"{self.dir} holds a run of another config ({path}); use a new --run-dir "
+                                      f"or the same config to resume")
+        else:
+            _write_text(path, text)
+
+    def _load_foundation(self):
+        from slhmc_jax.models.foundations import load_foundation
+
+        m = self.config.model
+        z = sorted(set(int(v) for v in self.start.numbers))
+        return load_foundation(m.foundation, dtype=m.dtype, hyperparameters=m.hyperparameters, seed=m.seed,
+                               atomic_numbers=z)
+
+    def _log(self, text: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {text}"
+        if self.progress:
+            print(line, flush=True)
+        with open(self.dir / "log.txt", "a") as fh:
+            fh.write(line + "\n")
+
+    # ---- sampling
+
+    def _sample(self, name: str, starts, proposal, target, settings, *, store, labels="energy") -> dict:
+        """A sampler run, resumable, its production arrays saved in ``name/samples.npz``."""
+        import slhmc_jax
+
+        out = self.dir / name / "samples.npz"
+        if out.exists():
+            return dict(np.load(out, allow_pickle=False))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        dft0 = self.timings.seconds["target_dft"]
+        res = slhmc_jax.sample(starts, proposal, target, settings=settings, store=store, labels=labels,
+                               checkpoint=self.dir / name / "sample.ckpt", progress=self.progress)
+        spent = time.perf_counter() - t0 - (self.timings.seconds["target_dft"] - dft0)
+        self.timings.add("ml_sampling", max(spent, 0.0))
+        d = res.diagnostics
+        arrays = dict(positions=res.positions, cells=res.cells, energies=res.target_energies, accepted=res.accepted,
+                      keys=res.store_keys, numbers=res.atomic_numbers, pbc=res.pbc,
+                      acceptance_probability=d.acceptance_probability, ml_energy_error=d.ml_energy_error_eV,
+                      move=d.move, n_target_calls=d.n_target_calls, n_judged=d.n_judged,
+                      acceptance=res.acceptance_rate.mean())
+        _write_npz(out, **arrays)
+        return arrays
+
+    def _ends(self, samples: dict) -> list:
+        """The chains' last states as start structures."""
+        return [self._atoms(samples["positions"][c, -1], samples["cells"][c, -1]) for c in range(samples["positions"].shape[0])]
+
+    def _atoms(self, positions, cell):
+        a = self.start.copy()
+        a.positions, a.cell = np.asarray(positions), np.asarray(cell)
+        return a
+
+    # ---- labels and training
+
+    def _labelled(self, samples: dict) -> list:
+        """The distinct production states of an SLHMC run with their target labels from the store
+        (forces computed now, warm-started along each chain, for states stored without them)."""
+        from ase.calculators.singlepoint import SinglePointCalculator
+
+        seen, states = set(), []
+        keys = samples["keys"]
+        for s in range(keys.shape[1]):  # step-major: a mix of chains at every length
+            for c in range(keys.shape[0]):
+                if str(keys[c, s]) not in seen:
+                    seen.add(str(keys[c, s]))
+                    states.append((c, s, self._atoms(samples["positions"][c, s], samples["cells"][c, s])))
+        results = [self.store.get_by_key(str(keys[c, s])) for c, s, _ in states]
+        with_forces = self.config.run.labels != "energy"
+        missing = [i for i, r in enumerate(results) if r is None or (with_forces and r.forces_eV_A is None)]
+        if missing:
+            order = sorted(missing, key=lambda i: (states[i][0], states[i][1]))  # chain by chain: warm starts
+            for i, r in zip(order, self._label([states[i][2] for i in order], [states[i][0] for i in order])):
+                results[i] = r
+        out = []
+        for (_, _, a), r in zip(states, results):
+            a.calc = SinglePointCalculator(a, energy=r.energy_eV, forces=r.forces_eV_A, stress=r.stress_eV_A3)
+            out.append(a)
+        return out
+
+    def _label(self, configs: list, chains: list) -> list:
+        """Target results of ``configs`` through the store: with forces unless [run] labels = "energy"."""
+        from slhmc_jax.store import cached, label_forces
+
+        if self.config.run.labels == "energy":
+            return cached(self.target, self.store).evaluate(configs, chains)
+        return label_forces(self.store, self.target, configs, chains)
+
+    def _finetune(self, name: str, train: list):
+        """The foundation fine-tuned on ``train`` (resumable), saved as models/<name>."""
+        from slhmc_jax import finetune
+
+        stem = self.dir / "models" / name
+        done = _load_model(self.foundation, stem)
+        if done is not None:
+            return done
+        self._log(f"fine-tuning {name} on {len(train)} configurations")
+        settings = dataclasses.replace(self.config.finetune, output_dir=str(self.dir / "finetune" / name), resume=True,
+                                       progress=self.progress, seed=self.config.finetune.seed + self.config.run.seed)
+        t0 = time.perf_counter()
+        result = finetune.finetune(self.foundation, train, settings=settings)
+        self.timings.add("training", time.perf_counter() - t0)
+        _save_model(result.potential, stem)
+        return result.potential
+
+    # ---- the arms
+
+    def slhmc_arm(self) -> tuple[list, list, list]:
+        """(models, per-iteration samples, training sets); models[k] proposed iteration k."""
+        c = self.config
+        models, samples, train = [self.foundation], [], []
+        self.training_sizes = []
+        starts = self.start
+        for k in range(c.run.iterations):
+            settings = sampler_settings(c, "slhmc", offset=k)
+            self._log(f"slhmc iteration {k}: {settings.n_chains} chains x {settings.n_steps} steps, model_{k} proposes")
+            s = self._sample(f"slhmc/iter_{k}", starts, models[k], self.target, settings, store=self.store,
+                             labels="forces" if c.run.labels == "forces" else "energy")
+            self._log(f"slhmc iteration {k}: acceptance {float(s['acceptance']):.3f}, {int(s['n_target_calls'])} target calls")
+            samples.append(s)
+            train = train + self._labelled(s)
+            self.training_sizes.append(len(train))
+            models.append(self._finetune(f"slhmc_{k + 1}", train))
+            starts = self._ends(s)
+        return models, samples, train
+
+    def relabel_arm(self, n_configurations: int):
+        """(model, training set, source energies): the foundation's own samples, relabelled and fine-tuned."""
+        from slhmc_jax.targets import PotentialTarget
+
+        c, r = self.config, self.config.relabel
+        n_steps = max(1, math.ceil(n_configurations / r.n_chains))
+        settings = sampler_settings(c, "relabel", n_chains=r.n_chains, n_steps=n_steps, warmup_steps=r.warmup_steps,
+                                    burn_in_steps=r.burn_in_steps, trajectory_steps=r.trajectory_steps,
+                                    timestep_fs=r.timestep_fs, on_failure="raise")
+        self._log(f"relabel: the foundation's own distribution, {r.n_chains} chains x {n_steps} steps")
+        s = self._sample("relabel", self.start, self.foundation, PotentialTarget(self.foundation), settings, store=False)
+        picks = [(c_, s_) for s_ in range(n_steps) for c_ in range(r.n_chains)][:n_configurations]
+        configs = [self._atoms(s["positions"][ci, si], s["cells"][ci, si]) for ci, si in picks]
+        source = np.array([s["energies"][ci, si] for ci, si in picks])
+        self._log(f"relabel: labelling {len(configs)} configurations with the target")
+        results = self._label(configs, [ci for ci, _ in picks])
+        from ase.calculators.singlepoint import SinglePointCalculator
+
+        for a, res in zip(configs, results):
+            a.calc = SinglePointCalculator(a, energy=res.energy_eV, forces=res.forces_eV_A, stress=res.stress_eV_A3)
+        target_e = np.array([res.energy_eV for res in results])
+        return self._finetune("relabel", configs), configs, (target_e, source)
+
+    def evaluate(self, arm: str, model) -> dict:
+        """``model`` sampled on its own (its Boltzmann distribution, exactly)."""
+        from slhmc_jax.targets import PotentialTarget
+
+        e = self.config.evaluation
+        settings = sampler_settings(self.config, "evaluation", n_chains=e.n_chains, n_steps=e.n_steps,
+                                    warmup_steps=e.warmup_steps, burn_in_steps=e.burn_in_steps,
+                                    trajectory_steps=e.trajectory_steps, timestep_fs=e.timestep_fs, on_failure="raise")
+        self._log(f"evaluation: the {arm} model on its own, {e.n_chains} chains x {e.n_steps} steps")
+        return self._sample(f"evaluation/{arm}", self.start, model, PotentialTarget(model), settings, store=False)
+
+    # ---- report
+
+    def report(self, samples: list, arms: dict, relabel_energies, iterations: list) -> Path:
+        from slhmc_jax import report as rep
+        from slhmc_jax import run_directory as rd
+
+        t0 = time.perf_counter()
+
+        def frameset(s):
+            return rd.FrameSet(s["positions"], s["cells"], s["numbers"], tuple(bool(p) for p in s["pbc"]), s["energies"])
+
+        pooled = samples if self.config.evaluation.reference == "all" else samples[-1:]
+        reference = rd.FrameSet(np.concatenate([s["positions"] for s in pooled], axis=1),
+                                np.concatenate([s["cells"] for s in pooled], axis=1), pooled[0]["numbers"],
+                                tuple(bool(p) for p in pooled[0]["pbc"]),
+                                np.concatenate([s["energies"] for s in pooled], axis=1))
+        last = samples[-1]
+        trace = rd.SamplerTrace(last["energies"], last["accepted"], last["acceptance_probability"],
+                                last["ml_energy_error"], last["move"], int(last["n_target_calls"]))
+        arm_list = []
+        for name, s in arms.items():
+            training = None
+            if name == "relabel" and relabel_energies is not None:
+                training = rd.TrainingEnergies(*relabel_energies)
+            arm_list.append(rd.Arm(name, frameset(s), training))
+        s = self.config.sampler
+        metadata = {
+            "config": str(self.config.source),
+            "iterations": iterations,
+            "dft_calls": {"total": int(len(self.store)), "store_rows": int(len(self.store))},
+            "time_breakdown_s": {k: round(v, 2) for k, v in self.timings.seconds.items()},
+        }
+        run = rd.RunData(reference=reference, arms=tuple(arm_list), sampler=trace, temperature_K=s.temperature_K,
+                         ensemble="nvt" if s.ensemble == "nvt" else "npt", pressure_GPa=s.pressure_GPa, metadata=metadata)
+        rd.write_run_directory(self.dir, run)
+        e = self.config.evaluation
+        k = e.k
+        settings = rep.ReportSettings(pairs=tuple(tuple(p) for p in e.pairs), k=k, r_max_A=e.r_max_A, n_bins=e.n_bins,
+                                      n_bootstrap=e.n_bootstrap, seed=self.config.run.seed)
+        files = rep.write_report(rep.analyze(rd.read_run_directory(self.dir), settings), self.dir)
+        self.timings.add("analysis", time.perf_counter() - t0)
+        # the analysis time is in timings.json; report.json gets the final breakdown too
+        data = json.loads(Path(files.json).read_text())
+        data["time_breakdown_s"] = {k: round(v, 2) for k, v in self.timings.seconds.items()}
+        _write_text(Path(files.json), json.dumps(data, indent=2))
+        return Path(files.json)
+
+    def run(self) -> Path:
+        """All phases (see the module docstring); returns the path of report.json."""
+        t_start = time.perf_counter()
+        models, samples, train = self.slhmc_arm()
+        iterations = [{"iteration": k, "proposal": "foundation" if k == 0 else f"slhmc_{k}",
+                       "acceptance": float(s["acceptance"]), "target_calls": int(s["n_target_calls"]),
+                       "training_configurations_after": n}
+                      for k, (s, n) in enumerate(zip(samples, self.training_sizes))]
+        arms, relabel_energies = {}, None
+        if "foundation" in self.config.run.arms:
+            arms["foundation"] = self.evaluate("foundation", self.foundation)
+        if "relabel" in self.config.run.arms:
+            relabel_model, _, relabel_energies = self.relabel_arm(len(train))
+            arms["relabel"] = self.evaluate("relabel", relabel_model)
+        if "slhmc" in self.config.run.arms:
+            arms["slhmc"] = self.evaluate("slhmc", models[-1])
+        path = self.report(samples, arms, relabel_energies, iterations)
+        self._log(f"report: {path} ({time.perf_counter() - t_start:.0f} s in this session)")
+        return path
+
+
+def run(config: cfg.WorkflowConfig, run_dir, **kw) -> Path:
+    """Run (or resume) the workflow of ``config`` in ``run_dir``; the path of report.json."""
+    return Workflow(config, run_dir, **kw).run()
