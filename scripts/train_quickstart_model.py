@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     model = mace.build(mace.MACEHyperparameters(**HYPERPARAMETERS), key=jax.random.PRNGKey(args.seed))
     settings = finetune.FinetuneSettings(epochs=args.epochs, batch_size=8, learning_rate=5e-3, forces_weight=100.0,
                                          valid_fraction=0.15, early_stopping_patience=40, ema_decay=0.99,
-                                         output_dir=str(work / "training"), resume=True, seed=args.seed)
+                                         output_dir=str(work / "training"), resume=True, seed=args.seed, edge_slots=False)
     result = finetune.finetune(model, train, settings=settings)
     best = result.history[result.best_epoch]
     print(f"trained on {len(train)} configurations: validation force RMSE {best.valid_forces_rmse_eV_A:.4f} eV/A, "
