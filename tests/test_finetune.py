@@ -113,6 +113,12 @@ def tiny():
 
 
 @pytest.fixture(scope="module")
+def tiny_torch(tiny):
+    """mace-torch's calculator on the tiny model's weights (the independent reference)."""
+    return torch_calculator(tiny)
+
+
+@pytest.fixture(scope="module")
 def naive_run(frames, tiny, tmp_path_factory):
     """The reference run: naive strategy, 30 epochs, metrics written."""
     out = tmp_path_factory.mktemp("naive")
@@ -125,15 +131,12 @@ _predict = jax.jit(model_mod.predict_batch, static_argnums=(0, 3, 4))
 
 
 def jax_predict(potential, atoms_list, params=None):
-    """(energies (n,) eV, forces per structure (eV/A), stress per structure (eV/A^3)) of ``atoms_list``
-    through the fine-tuning evaluation (one flat batch; compiled once per model and shape)."""
-    structures = ft.read_structures(atoms_list)
-    graphs = batching.build_graphs(structures, potential.species_table.lookup, potential.cutoff)
-    _, batch = batching.assemble(graphs, batching.plan_buckets(graphs, len(graphs), 1, "flat"))
-    pred, _ = _predict(model_mod.as_model(potential), potential.params if params is None else params, batch, "flat", True)
-    offsets = np.cumsum([0] + [g.n_atoms for g in graphs])
-    forces = [np.asarray(pred.forces[offsets[k]:offsets[k + 1]]) for k in range(len(graphs))]
-    return np.asarray(pred.energy), forces, np.asarray(pred.stress)
+    """(energies (n,) eV, forces per structure eV/A, stress per structure eV/A^3) by ``finetune.predict``
+    (the batches fine-tuning evaluates with; shapes shared with the E0 refit of the same structures)."""
+    if params is not None:
+        potential = potential.with_params(params)
+    preds = ft.predict(potential, atoms_list, settings=ft.FinetuneSettings(**BASE))
+    return np.array([p.energy_eV for p in preds]), [p.forces_eV_A for p in preds], [p.stress_eV_A3 for p in preds]
 
 
 def torch_calculator(potential_or_path):
@@ -291,7 +294,7 @@ def _mixed_structures(frames):
 
 
 @pytest.mark.parametrize("layout,slots", [("flat", False), ("vmap", False), ("flat", True)])
-def test_padded_batch_predictions_equal_mace_torch_per_structure(frames, tiny, layout, slots):
+def test_padded_batch_predictions_equal_mace_torch_per_structure(frames, tiny, tiny_torch, layout, slots):
     structures = _mixed_structures(frames)
     graphs = batching.build_graphs(structures, tiny.species_table.lookup, tiny.cutoff)
     k = max(g.max_in_degree() for g in graphs)
@@ -299,7 +302,7 @@ def test_padded_batch_predictions_equal_mace_torch_per_structure(frames, tiny, l
     buckets = batching.plan_buckets(graphs, 5, 1, layout)  # 4 structures in 5 slots: one padding graph
     _, batch = batching.assemble(graphs, buckets)
     pred, _ = _predict(model, tiny.params, batch, layout, True)
-    calc = torch_calculator(tiny)
+    calc = tiny_torch
     n_pad = batch.positions.shape[1] if layout == "vmap" else None
     start = 0
     for slot, (s, g) in enumerate(zip(structures, graphs)):
@@ -592,3 +595,80 @@ def test_any_potential_recovers_lennard_jones_parameters_from_its_labels():
     got = result.potential.params
     assert isinstance(result.potential, TrainableLennardJones) and result.reference_energies_eV is None
     assert abs(float(got["sigma_A"]) / 3.40 - 1) < 1e-4 and abs(float(got["epsilon_eV"]) / 0.0104 - 1) < 1e-3, got
+
+
+# ----------------------------------------------------------------------------------------
+# slow: MACE-MP-0 small hyperparameters (Done-when 1), freezing the last interaction
+
+MP0_RECIPE = dict(epochs=20, batch_size=4, learning_rate=0.01, n_buckets=2, early_stopping_patience=None, progress=False)
+
+
+def mp0_data():
+    frames = emt_frames(32, seed=1)  # 16 frames at 300 K, 16 at 1200 K
+    return frames[:12] + frames[16:28], frames[12:16] + frames[28:]
+
+
+@pytest.mark.slow
+def test_mp0_small_random_weights_lower_the_validation_force_rmse_5x():
+    train, valid = mp0_data()
+    potential = mace.build(mace.mp0_hyperparameters("small", atomic_numbers=ELEMENTS), key=jax.random.PRNGKey(0),
+                           dtype=jnp.float32)
+    result = ft.finetune(potential, train, valid, settings=ft.FinetuneSettings(**MP0_RECIPE))
+    start, end = result.history[0].valid_forces_rmse_eV_A, result.history[-1].valid_forces_rmse_eV_A
+    print(f"MP-0 small, random weights: validation force RMSE {start:.4f} -> {end:.4f} eV/A ({start / end:.1f}x)")
+    assert end < start / 5
+
+
+def mace_torch_model(h, seed: int):
+    """A random-weight mace-torch ScaleShiftMACE (float64), built by mace-torch itself."""
+    from e3nn import o3
+    from mace.modules import ScaleShiftMACE
+    from mace.modules.blocks import RealAgnosticResidualInteractionBlock
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    torch.manual_seed(seed)
+    try:
+        model = ScaleShiftMACE(
+            r_max=h.r_max, num_bessel=h.num_bessel, num_polynomial_cutoff=h.num_polynomial_cutoff, max_ell=h.max_ell,
+            interaction_cls=RealAgnosticResidualInteractionBlock, interaction_cls_first=RealAgnosticResidualInteractionBlock,
+            num_interactions=h.num_interactions, num_elements=len(h.atomic_numbers), hidden_irreps=o3.Irreps(h.hidden_irreps),
+            MLP_irreps=o3.Irreps(h.MLP_irreps), atomic_energies=np.asarray(h.atomic_energies_eV),
+            avg_num_neighbors=h.avg_num_neighbors, atomic_numbers=list(h.atomic_numbers), correlation=list(h.correlations),
+            gate=torch.nn.functional.silu, radial_MLP=list(h.radial_MLP), atomic_inter_scale=h.atomic_inter_scale,
+            atomic_inter_shift=h.atomic_inter_shift, use_reduced_cg=False)
+    finally:
+        torch.set_default_dtype(previous)
+    return model.eval()
+
+
+@pytest.mark.slow
+def test_mp0_small_converted_from_mace_torch_fine_tunes_and_saves_back(tmp_path):
+    train, valid = mp0_data()
+    h = mace.mp0_hyperparameters("small", atomic_numbers=ELEMENTS, atomic_energies_eV=(-3.2, -4.1))
+    potential = mace.from_torch(mace_torch_model(h, seed=7), dtype=jnp.float64)
+    result = ft.finetune(potential, train, valid, settings=ft.FinetuneSettings(**MP0_RECIPE))
+    assert result.history[-1].valid_forces_rmse_eV_A < result.history[0].valid_forces_rmse_eV_A / 3
+    mace.save_torch(result.potential, tmp_path / "finetuned.model")
+    calc = torch_calculator(tmp_path / "finetuned.model")
+    energies, forces, _ = jax_predict(result.potential, valid)
+    worst = 0.0
+    for a, e, f in zip(valid, energies, forces):
+        e_t, f_t, _ = torch_results(calc, a)
+        worst = max(worst, abs(e_t - e) / len(a))
+        np.testing.assert_allclose(f_t, f, atol=1e-6)
+    print(f"fine-tuned MP-0 small (from mace-torch) -> save_torch: max |E_torch - E_jax| = {worst:.2e} eV/atom")
+    assert worst < 1e-6
+
+
+@pytest.mark.slow
+def test_freeze_readouts_and_last_interaction_keeps_the_first_interaction_bit_identical(frames):
+    two = mace.build(dataclasses.replace(TINY, num_interactions=2), key=jax.random.PRNGKey(5), dtype=jnp.float64)
+    settings = ft.FinetuneSettings(**dict(BASE, epochs=3), strategy="freeze", freeze_trainable="readouts+last_interaction",
+                                   refit_e0=False)
+    result = ft.finetune(two, frames[:16], frames[16:], settings=settings)
+    before, after = leaves(two.params), leaves(result.potential.params)
+    changed = {k for k in before if not bit_identical(before[k], after[k])}
+    allowed = ("readouts/", "interactions/1/", "products/1/")
+    assert any(k.startswith("interactions/1/") for k in changed) and any(k.startswith("readouts/") for k in changed)
+    assert all(k.startswith(allowed) for k in changed), changed
