@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import pathlib
 import warnings
 
 import numpy as np
@@ -273,6 +274,8 @@ def test_settings_from_toml_and_unknown_keys(tmp_path):
     assert (s.epochs, s.strategy, s.lora_targets, s.loss) == (7, "lora", ("linear", "readout"), "huber")
     with pytest.raises(ValueError, match=r"unknown FinetuneSettings key\(s\) \['epoch'\]"):
         ft.FinetuneSettings.from_mapping({"epoch": 3})
+    example = ft.FinetuneSettings.from_toml(pathlib.Path(__file__).parents[1] / "examples" / "finetune.toml")
+    assert example.forces_weight == 100.0 and example.output_dir == "finetune_run"
 
 
 # ----------------------------------------------------------------------------------------
@@ -293,7 +296,7 @@ def _mixed_structures(frames):
     return ft.read_structures(out)
 
 
-@pytest.mark.parametrize("layout,slots", [("flat", False), ("vmap", False), ("flat", True)])
+@pytest.mark.parametrize("layout,slots", [("flat", True), ("vmap", False)])  # (flat, scatter): every other test
 def test_padded_batch_predictions_equal_mace_torch_per_structure(frames, tiny, tiny_torch, layout, slots):
     structures = _mixed_structures(frames)
     graphs = batching.build_graphs(structures, tiny.species_table.lookup, tiny.cutoff)
@@ -355,6 +358,10 @@ def test_training_lowers_the_validation_force_rmse_and_compiles_once(naive_run, 
     assert last.valid_forces_rmse_eV_A < first.valid_forces_rmse_eV_A / 5, (first.valid_forces_rmse_eV_A, last.valid_forces_rmse_eV_A)
     assert last.train_forces_rmse_eV_A < 0.1  # eV/A; EMT force RMS of the data is ~0.6 eV/A
     assert result.stopped == "completed" and result.steps == 30 * 4
+    # warm-up (6 of 120 steps) then cosine from 0.02 to 0.01 * 0.02
+    lrs = [h.learning_rate for h in result.history]
+    assert lrs[0] == 0.0 and lrs[1] == pytest.approx(0.02 * 4 / 6) and max(lrs) <= 0.02
+    assert lrs[-1] == pytest.approx(2e-4) and all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
     # one static batch shape -> the train step compiled once, and an equal run compiles nothing new
     assert result.compiled_shapes == 1 and compiled <= 1
     before = step_mod.compiled_shapes()
@@ -433,6 +440,7 @@ def test_freeze_readouts_leaves_every_other_parameter_bit_identical(frames, tiny
     assert changed and all(k.startswith("readouts/") for k in changed), changed
     assert all(k.startswith("readouts/") for k in result.trained) and set(result.trained) >= changed
     assert result.history[-1].train_loss < result.history[1].train_loss
+    assert [h.learning_rate for h in result.history[1:]] == pytest.approx([0.02] * 3)  # no plateau yet
 
 
 @pytest.fixture(scope="module")
@@ -578,23 +586,62 @@ class TrainableLennardJones:
                                     sigma_A=params["sigma_A"], cutoff_A=6.0, onset_A=5.0)
 
 
-def test_any_potential_recovers_lennard_jones_parameters_from_its_labels():
-    truth = {"epsilon_eV": jnp.asarray(0.0104), "sigma_A": jnp.asarray(3.40)}
-    reference = TrainableLennardJones(truth)
+def lj_params(epsilon_eV: float, sigma_A: float) -> dict:
+    return {"epsilon_eV": jnp.array(epsilon_eV, jnp.float64), "sigma_A": jnp.array(sigma_A, jnp.float64)}
+
+
+LJ_REFERENCE = TrainableLennardJones(lj_params(0.0104, 3.40))
+
+
+def lj_label(atoms, params):
+    """``atoms`` (copied) with Lennard-Jones energy and forces for ``params`` (one jitted reference)."""
+    atoms = ase.Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    e, f, _ = testing.evaluate(LJ_REFERENCE, atoms, params=params)
+    atoms.calc = SinglePointCalculator(atoms, energy=e, forces=f)
+    return atoms
+
+
+def lj_frames(epsilon_eV: float, sigma_A: float, seeds) -> list:
     frames = []
-    for k in range(8):
+    for k in seeds:
         atoms = bulk("Ar", "fcc", a=5.30, cubic=True)
         atoms.rattle(0.15, seed=k)
-        e, f, s = testing.evaluate(reference, atoms)
-        atoms.calc = SinglePointCalculator(atoms, energy=e, forces=f)
-        frames.append(atoms)
+        frames.append(lj_label(atoms, lj_params(epsilon_eV, sigma_A)))
+    return frames
+
+
+LJ_SETTINGS = dict(epochs=60, batch_size=3, learning_rate=0.02, ema_decay=None, early_stopping_patience=None, progress=False,
+                   energy_weight=100.0, forces_weight=100.0)
+
+
+def test_any_potential_recovers_lennard_jones_parameters_from_its_labels():
     start = TrainableLennardJones({"epsilon_eV": jnp.asarray(0.0150), "sigma_A": jnp.asarray(3.25)})
-    settings = ft.FinetuneSettings(epochs=60, batch_size=3, learning_rate=0.02, ema_decay=None, valid_fraction=0.25,
-                                   early_stopping_patience=None, progress=False, energy_weight=100.0, forces_weight=100.0)
-    result = ft.finetune(start, frames, settings=settings)
+    train, valid = ft.data.split_validation(ft.read_structures(lj_frames(0.0104, 3.40, range(8))), 0.25, 0)
+    result = ft.finetune(start, train, valid, settings=ft.FinetuneSettings(**LJ_SETTINGS))
     got = result.potential.params
     assert isinstance(result.potential, TrainableLennardJones) and result.reference_energies_eV is None
     assert abs(float(got["sigma_A"]) / 3.40 - 1) < 1e-4 and abs(float(got["epsilon_eV"]) / 0.0104 - 1) < 1e-3, got
+
+
+def test_early_stopping_returns_the_weights_of_the_best_validation_epoch():
+    # train on sigma = 3.40 A labels, validate on sigma = 3.31 A labels (between the start, 3.25, and the
+    # training optimum): the validation loss falls, then rises once sigma passes ~3.31
+    start = TrainableLennardJones({"epsilon_eV": jnp.asarray(0.0150), "sigma_A": jnp.asarray(3.25)})
+    settings = ft.FinetuneSettings(**dict(LJ_SETTINGS, early_stopping_patience=3))
+    # the configurations of the test above (shared compiled steps), validation relabelled with sigma = 3.31 A
+    train, held_out = ft.data.split_validation(ft.read_structures(lj_frames(0.0104, 3.40, range(8))), 0.25, 0)
+    valid = [lj_label(s.to_atoms(), lj_params(0.0104, 3.31)) for s in held_out]
+    result = ft.finetune(start, train, valid, settings=settings)
+    losses = [h.valid_loss for h in result.history]
+    assert result.stopped == "early_stopping" and len(result.history) == result.best_epoch + 4 and result.best_epoch > 0
+    assert losses[result.best_epoch] == min(losses) and all(v > min(losses) for v in losses[result.best_epoch + 1:])
+    # the returned weights are the best epoch's: their validation loss, recomputed in closed form
+    # (all structures have 4 atoms: L = 100 mean((dE / 4)^2) + 100 mean(dF^2)), is the recorded minimum
+    pred = [lj_label(a, result.potential.params) for a in valid]
+    de = np.array([(p.get_potential_energy() - a.get_potential_energy()) / 4 for p, a in zip(pred, valid)])
+    df = np.concatenate([p.get_forces() - a.get_forces() for p, a in zip(pred, valid)])
+    assert 100 * np.mean(de**2) + 100 * np.mean(df**2) == pytest.approx(min(losses), rel=1e-9)
+    assert 3.25 < float(result.potential.params["sigma_A"]) < 3.40
 
 
 # ----------------------------------------------------------------------------------------

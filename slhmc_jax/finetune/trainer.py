@@ -50,7 +50,8 @@ class FinetuneResult:
             weights of the best validation epoch with ``restore_best``).
         history: per-epoch metrics; entry 0 is the model before training.
         best_epoch: epoch with the lowest validation loss (0: training never improved on the start).
-        stopped: "completed", "early_stopping" or "max_steps".
+        stopped: "completed", "early_stopping", "max_steps" (the last weights are returned, and a call
+            with ``resume=True`` continues) or "diverged" (a non-finite loss; the best weights are returned).
         steps: optimizer updates done (in total, over resumed runs).
         compiled_shapes: distinct batch shapes the train step ran on (<= n_buckets).
         n_trainable: number of trained scalars (for LoRA: adapter entries).
@@ -274,7 +275,7 @@ def _epoch_plan(settings, train_g, per_batch, n_replay, epoch, exact_atoms):
 # E0 refit and pseudo-labels
 
 
-def _refit(ctx: _Context, params, graphs: Sequence[StructureGraph]):
+def _refit(ctx: _Context, params, graphs: Sequence[StructureGraph], name: str = "training"):
     """params with refitted E0 and the fit (least squares of E_target - E_model_without_E0)."""
     e0_old = np.asarray(params["atomic_energies"], np.float64)
     zeroed = dict(params)
@@ -285,7 +286,7 @@ def _refit(ctx: _Context, params, graphs: Sequence[StructureGraph]):
     fit = e0mod.fit_reference_energies(counts, residual, e0_old)
     table = _species_table(ctx.potential)
     present = [z for z, c in zip(table.atomic_numbers, counts.any(axis=0)) if c] if table is not None else []
-    e0mod.warn_if_rank_deficient(fit, present)
+    e0mod.warn_if_rank_deficient(fit, present, name)
     new = dict(params)
     new["atomic_energies"] = jnp.asarray(fit.E0_eV, dtype=jnp.asarray(params["atomic_energies"]).dtype)
     return new, fit
@@ -304,7 +305,7 @@ def _rereference(ctx: _Context, params, graphs: Sequence[StructureGraph]) -> lis
     """Replay labels of another functional on the model's E0 reference: E_b - C_b (E0_fit - E0_model),
     with E0_fit the least-squares E0 of the replay labels against the model (forces unchanged)."""
     e0_model = np.asarray(params["atomic_energies"], np.float64)
-    _, fit = _refit(ctx, params, graphs)
+    _, fit = _refit(ctx, params, graphs, "replay")
     counts = e0mod.composition_matrix([g.species for g in graphs], len(e0_model))
     shift = counts @ (fit.E0_eV - e0_model)
     return [dataclasses.replace(g, structure=g.structure.with_labels(g.structure.energy_eV - float(d), g.structure.forces_eV_A,
@@ -452,10 +453,7 @@ def finetune(potential, train, valid=None, *, settings: FinetuneSettings = Finet
 
     resumed = False
     if settings.resume and ck_path is not None and os.path.exists(ck_path):
-        restored = ckpt.load(ck_path, snapshot())
-        if restored["id"] != run_id:
-            raise ValueError(f"{ck_path} belongs to another run (different data, settings or starting model); "
-                             f"remove it or set resume=False")
+        restored = ckpt.load(ck_path, snapshot(), expect_id=run_id)
         state = jax.tree.map(jnp.asarray, restored["state"])
         state = TrainState(*state) if not isinstance(state, TrainState) else state
         frozen = jax.tree.map(jnp.asarray, restored["frozen"])
@@ -503,6 +501,9 @@ def finetune(potential, train, valid=None, *, settings: FinetuneSettings = Finet
             acc_loss = jnp.asarray(loop["acc_loss"], jnp.float64)
             t0 = time.perf_counter()
             for b_idx in range(loop["batch"], len(plan)):
+                if settings.max_steps and host_step >= settings.max_steps:
+                    loop["stopped"] = "max_steps"
+                    break
                 tr, rp = plan[b_idx]
                 graphs = [ctx.train[i] for i in tr] + [ctx.replay[i] for i in rp]
                 level, batch = assemble(graphs, ctx.buckets, ctx.dtype)
@@ -513,16 +514,15 @@ def finetune(potential, train, valid=None, *, settings: FinetuneSettings = Finet
                 loop["batch"] = b_idx + 1
                 bar.update(1)
                 host_step += 1
-                step = host_step
-                if settings.checkpoint_every_steps and step % settings.checkpoint_every_steps == 0 or (
-                        settings.max_steps and step >= settings.max_steps):
+                at_limit = bool(settings.max_steps) and host_step >= settings.max_steps
+                if (settings.checkpoint_every_steps and host_step % settings.checkpoint_every_steps == 0) or at_limit:
                     jax.block_until_ready(state)
                     loop["train_wall_s"] += time.perf_counter() - t0
                     t0 = time.perf_counter()
                     loop["acc"] = np.asarray(acc, np.float64)
                     loop["acc_loss"] = float(acc_loss)
                     loop["wall_s"] = time.perf_counter() - t_start
-                    if settings.max_steps and step >= settings.max_steps and loop["batch"] < len(plan):
+                    if at_limit and loop["batch"] < len(plan):
                         loop["stopped"] = "max_steps"
                         save_checkpoint()
                         break
@@ -549,6 +549,8 @@ def finetune(potential, train, valid=None, *, settings: FinetuneSettings = Finet
             loop.update(epoch=epoch, batch=0, acc=np.zeros(9), acc_loss=0.0, acc_n=0, train_wall_s=0.0, wall_s=wall)
             if settings.early_stopping_patience and loop["bad_epochs"] >= settings.early_stopping_patience:
                 loop["stopped"] = "early_stopping"
+            if not math.isfinite(row.train_loss) or not math.isfinite(row.valid_loss):
+                loop["stopped"] = "diverged"  # NaN / inf loss: keep the best finite weights
             if settings.max_steps and int(state.step) >= settings.max_steps and loop["epoch"] < settings.epochs:
                 loop["stopped"] = loop["stopped"] or "max_steps"
             save_checkpoint()
@@ -559,7 +561,7 @@ def finetune(potential, train, valid=None, *, settings: FinetuneSettings = Finet
     stopped = loop["stopped"] or "completed"
     if out_dir is not None:
         hist.write(history, out_dir, plot=settings.plot)
-    final = best if (settings.restore_best and stopped != "max_steps") else state.ema
+    final = best if (stopped == "diverged" or (settings.restore_best and stopped != "max_steps")) else state.ema
     out_params = strategies.combine(split, final, frozen)
     return FinetuneResult(
         potential=_with_params(potential, out_params),
