@@ -105,9 +105,10 @@ def _cast(potential, dtype_name):
     the optimizer's outputs are strongly typed)."""
     def cast(p):
         p = jnp.asarray(p)
-        if jnp.issubdtype(p.dtype, jnp.floating):
-            return jnp.array(p, dtype=p.dtype if dtype_name is None else jnp.dtype(dtype_name))
-        return jnp.array(p, dtype=p.dtype)
+        target = jnp.dtype(dtype_name) if (dtype_name is not None and jnp.issubdtype(p.dtype, jnp.floating)) else p.dtype
+        if p.dtype == target and not p.weak_type:
+            return p
+        return jax.device_put(np.asarray(p, dtype=target))  # a host copy: strongly typed, nothing compiled
 
     return _with_params(potential, jax.tree.map(cast, potential.params))
 
