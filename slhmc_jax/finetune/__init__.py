@@ -5,6 +5,7 @@
     result.potential            # same kind as `potential` (LoRA merged); mace.save_torch(result.potential, ...)
     result.history              # per-epoch EpochMetrics (energy / force / stress RMSE and MAE, train and valid)
     finetune.refit_reference_energies(potential, structures)      # least-squares E0 only
+    finetune.predict(potential, structures)                        # batched E, F, stress
 
 Modules (one job each): ``settings`` (FinetuneSettings), ``data`` (read / check / split labels),
 ``batching`` (neighbour graphs, static shape buckets, padded batches), ``model`` (energies, forces,
@@ -18,17 +19,19 @@ from slhmc_jax.finetune.data import LabelledStructure, read_structures
 from slhmc_jax.finetune.history import EpochMetrics
 from slhmc_jax.finetune.settings import FinetuneSettings
 from slhmc_jax.finetune.step import StepSpec, make_eval_step, make_train_step
-from slhmc_jax.finetune.trainer import FinetuneResult, finetune, refit_reference_energies
+from slhmc_jax.finetune.trainer import FinetuneResult, Prediction, finetune, predict, refit_reference_energies
 
 __all__ = [
     "EpochMetrics",
     "FinetuneResult",
     "FinetuneSettings",
     "LabelledStructure",
+    "Prediction",
     "StepSpec",
     "finetune",
     "make_eval_step",
     "make_train_step",
+    "predict",
     "read_structures",
     "refit_reference_energies",
 ]

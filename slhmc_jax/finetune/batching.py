@@ -8,9 +8,10 @@ with :func:`slhmc_jax.neighbours.neighbour_pairs` (exact, multi-image). A batch 
 - ``layout="vmap"``: B slots of one structure each, every slot padded to the bucket (n_k, e_k) of the
   largest structure in the batch; the model is vmapped over the slots.
 
-Bucket ladders are geometric between the smallest and largest possible batch, ``n_buckets`` levels,
-atoms and edges tied to one level index, so a run compiles the train step at most ``n_buckets``
-times per layout whatever the batch composition. Padding atoms belong to graph slot B (dropped),
+Bucket levels are the quantiles of the sizes of the run's own training batches (the batch order is
+seeded, so all of them are known before training), ``n_buckets`` levels with atoms and edges tied
+to one level index, so a run compiles the train step at most ``n_buckets`` times whatever the batch
+composition; evaluation batches share one (top) level. Padding atoms belong to graph slot B (dropped),
 padding edges are masked (far edge vectors: they carry no weight and no gradient), padding graphs
 have ``graph_mask = False``.
 """
@@ -153,9 +154,42 @@ def _ladder(lo: int, hi: int, n: int) -> list[int]:
     return [int(np.ceil(v)) for v in np.geomspace(lo, hi, n)]
 
 
+def batch_size_of(graphs: Sequence[StructureGraph], layout: str) -> tuple[int, int]:
+    """(atoms, edges) a batch needs: totals (flat) or the largest structure (vmap)."""
+    if layout == "flat":
+        return sum(g.n_atoms for g in graphs), sum(g.n_edges for g in graphs)
+    return max(g.n_atoms for g in graphs), max(g.n_edges for g in graphs)
+
+
+MERGE_FRACTION = 0.9  # a level within 10% of the next one up (atoms and edges) is merged into it
+
+
+def _quantile_levels(sizes, n: int) -> list[tuple[int, int]]:
+    """The k/n quantiles (k = 1..n) of atoms and edges; a level that would save less than 10% of the
+    next level's atoms and edges is dropped (its compilation would cost more than its padding)."""
+    atoms = np.sort([a for a, _ in sizes])
+    edges = np.sort([max(e, 1) for _, e in sizes])
+    m = len(atoms)
+    picks = sorted({int(np.ceil((k + 1) / n * m)) - 1 for k in range(n)})
+    levels = sorted({(int(atoms[i]), int(edges[i])) for i in picks})
+    kept = [levels[-1]]
+    for a, e in reversed(levels[:-1]):
+        if a <= MERGE_FRACTION * kept[-1][0] or e <= MERGE_FRACTION * kept[-1][1]:
+            kept.append((a, e))
+    return kept[::-1]
+
+
 def plan_buckets(graphs: Sequence[StructureGraph], batch_size: int, n_buckets: int, layout: str,
-                 exact_atoms: bool = False) -> Buckets:
-    """Bucket ladders covering every batch any epoch can draw from ``graphs``."""
+                 exact_atoms: bool = False, train_batches=None, eval_batches=None) -> Buckets:
+    """The static shapes of a run.
+
+    With ``train_batches`` (every training batch of the run, as graph lists; the batch order is
+    seeded, so it is known in advance) the levels are the 1/n, 2/n, ..., n/n quantiles of their
+    atom and edge counts: every batch fits, each level is used, the train step compiles at most
+    ``n_buckets`` times, and padding is small where sizes cluster. ``eval_batches`` all run in one
+    extra top level if they need more. Without them: a geometric ladder between the smallest and
+    largest batch ``graphs`` can form.
+    """
     atoms = np.array([g.n_atoms for g in graphs])
     edges = np.array([g.n_edges for g in graphs])
     b = min(batch_size, len(graphs))
@@ -163,6 +197,14 @@ def plan_buckets(graphs: Sequence[StructureGraph], batch_size: int, n_buckets: i
         counts = sorted(set(atoms.tolist()))
         max_e = [int(edges[atoms == n].max()) for n in counts]
         return Buckets(layout, batch_size, tuple(counts), tuple(max(e, 1) for e in max_e), True)
+    if train_batches:
+        levels = _quantile_levels([batch_size_of(g, layout) for g in train_batches], n_buckets)
+        if eval_batches:
+            need = [batch_size_of(g, layout) for g in eval_batches]
+            top_a, top_e = max(a for a, _ in need), max(e for _, e in need)
+            if top_a > levels[-1][0] or top_e > levels[-1][1]:
+                levels.append((max(top_a, levels[-1][0]), max(top_e, levels[-1][1])))
+        return Buckets(layout, batch_size, tuple(a for a, _ in levels), tuple(e for _, e in levels), False)
     if layout == "flat":
         # full batches lie between the sums of the b smallest and the b largest structures (a short
         # last batch fits some level at or below the top one)

@@ -34,11 +34,24 @@ def save(path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def load(path, template: dict[str, Any]) -> dict[str, Any]:
-    """Restore a checkpoint into the structure of ``template`` (same keys and pytree layouts)."""
+def _read(path) -> dict:
     with open(os.fspath(path), "rb") as f:
         raw = serialization.msgpack_restore(f.read())
-    if raw.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a fine-tuning checkpoint (format {raw.get('format')!r}, expected {FORMAT!r})")
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+        raise ValueError(f"{path}: not a fine-tuning checkpoint (format {found!r}, expected {FORMAT!r})")
+    return raw["state"]
+
+
+def load(path, template: dict[str, Any], *, expect_id: str | None = None) -> dict[str, Any]:
+    """Restore a checkpoint into the structure of ``template`` (same keys and pytree layouts).
+
+    ``expect_id``: the run fingerprint the checkpoint must carry under "id" (checked before restoring,
+    so a checkpoint of another run fails with a clear message, not a layout mismatch).
+    """
+    raw = _read(path)
+    if expect_id is not None and raw.get("id") != expect_id:
+        raise ValueError(f"{path} belongs to another run (different data, settings or starting model); "
+                         f"remove it or set resume=False")
     host_template = jax.tree.map(lambda x: np.asarray(x) if hasattr(x, "shape") else x, template)
-    return serialization.from_state_dict(host_template, raw["state"])
+    return serialization.from_state_dict(host_template, raw)

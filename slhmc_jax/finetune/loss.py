@@ -1,9 +1,10 @@
 """The training loss and the error sums behind the RMSE / MAE metrics (pure).
 
-For a batch with real graphs b (mask m_b), atoms i of graph b, and stress-labelled graphs s_b:
+For a batch with real graphs b (mask m_b), N_b atoms i in graph b, force-labelled graphs f_b and
+stress-labelled (periodic) graphs s_b (masks, subsets of m_b):
 
     L = w_E  sum_b m_b rho_E((E_b - E_b^ref) / N_b) / sum_b m_b
-      + w_F  sum_{b, i, alpha} m_b rho_F(F_bia - F_bia^ref) / (3 sum_b m_b N_b)
+      + w_F  sum_{b, i, alpha} f_b rho_F(F_bia - F_bia^ref) / (3 sum_b f_b N_b)
       + w_S  sum_{b, alpha, beta} s_b rho_S(sigma_bab - sigma_bab^ref) / (9 sum_b s_b)
 
 with rho(x) = x^2 ("mse"; mace-torch's weighted energy-forces(-stress) loss) or the Huber function

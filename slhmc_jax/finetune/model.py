@@ -60,10 +60,32 @@ class GraphModel:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class PotentialModel:
-    """Any Potential, one structure per slot (no padded atoms). Hashed by identity."""
+    """Any Potential, one structure per slot (no padded atoms).
+
+    Equal (and hashed alike) for potentials of one dataclass type whose fields other than ``params``
+    are equal and hashable (their energy functions are the same, so compiled steps are shared);
+    by identity otherwise.
+    """
 
     potential: Any
     exact_atoms = True
+
+    def _key(self):
+        p = self.potential
+        if dataclasses.is_dataclass(p):
+            key = (type(p),) + tuple((f.name, getattr(p, f.name)) for f in dataclasses.fields(p) if f.name != "params")
+            try:
+                hash(key)
+                return key
+            except TypeError:
+                pass
+        return (id(p),)
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __eq__(self, other):
+        return isinstance(other, PotentialModel) and self._key() == other._key()
 
     def energies(self, params, batch: GraphBatch, positions, cells) -> jax.Array:
         """(1,) energy, eV, of a single-structure slot."""

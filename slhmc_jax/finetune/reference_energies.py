@@ -66,9 +66,9 @@ def composition_matrix(species_lists, n_elements: int) -> np.ndarray:
     return np.stack([np.bincount(np.asarray(s), minlength=n_elements) for s in species_lists]).astype(np.float64)
 
 
-def warn_if_rank_deficient(fit: ReferenceEnergyFit, elements) -> None:
+def warn_if_rank_deficient(fit: ReferenceEnergyFit, elements, name: str = "training") -> None:
     if fit.rank < fit.n_elements:
         warnings.warn(
-            f"E0 refit: the training compositions fix only {fit.rank} combinations of the {fit.n_elements} reference "
+            f"E0 refit: the {name} compositions fix only {fit.rank} combinations of the {fit.n_elements} reference "
             f"energies of the elements present {list(elements)}; the unfixed combinations keep the model's current E0 "
             f"(least-squares solution closest to them)", UserWarning, stacklevel=3)

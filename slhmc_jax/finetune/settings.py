@@ -72,8 +72,9 @@ class FinetuneSettings:
         seed: data order, validation split and LoRA initialisation.
 
     Batching and precision:
-        n_buckets: static (atoms, edges) shapes per layout, so the train step compiles at most this
-            many times.
+        n_buckets: at most this many static (atoms, edges) batch shapes, so the train step compiles at
+            most this many times (levels: quantiles of the run's batch sizes; a level within 10% of
+            the next is merged into it).
         batch_layout: "flat" (the batch is one graph; default, measured faster) or "vmap" (each
             structure padded to a common size and vmapped).
         edge_slots: MACE sums messages per receiver in fixed neighbour slots (sized to the data's

@@ -106,6 +106,14 @@ def _eval_step(spec: EvalSpec, params, batch):
 combine = jax.jit(strategies.combine, static_argnums=0)
 
 
+@jax.jit
+def accumulate(acc, acc_loss, out: StepOutput, n_structures):
+    """Running epoch sums (float64, on device: no host sync per step): acc (9,) error sums, acc_loss
+    the batch losses times their training-structure counts."""
+    return (acc + jnp.stack(list(out.sums)).astype(acc.dtype),
+            acc_loss + out.loss.astype(acc_loss.dtype) * n_structures)
+
+
 def make_train_step(spec: StepSpec):
     """``train_step(state, frozen, batch) -> (state, StepOutput)``: one clipped, scheduled optimizer
     update of the trainable parameters on the loss of ``batch``, then the EMA update."""

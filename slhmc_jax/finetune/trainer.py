@@ -22,7 +22,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +38,7 @@ from slhmc_jax.finetune.loss import LossConfig
 from slhmc_jax.finetune.model import as_model
 from slhmc_jax.finetune.optim import OptimizerConfig, current_learning_rate
 from slhmc_jax.finetune.settings import FinetuneSettings
-from slhmc_jax.finetune.step import StepSpec, TrainState, combine, init_state, make_eval_step, make_train_step
+from slhmc_jax.finetune.step import StepSpec, TrainState, accumulate, combine, init_state, make_eval_step, make_train_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +50,8 @@ class FinetuneResult:
             weights of the best validation epoch with ``restore_best``).
         history: per-epoch metrics; entry 0 is the model before training.
         best_epoch: epoch with the lowest validation loss (0: training never improved on the start).
-        stopped: "completed", "early_stopping" or "max_steps".
+        stopped: "completed", "early_stopping", "max_steps" (the last weights are returned, and a call
+            with ``resume=True`` continues) or "diverged" (a non-finite loss; the best weights are returned).
         steps: optimizer updates done (in total, over resumed runs).
         compiled_shapes: distinct batch shapes the train step ran on (<= n_buckets).
         n_trainable: number of trained scalars (for LoRA: adapter entries).
@@ -99,14 +100,17 @@ def _with_params(potential, params):
 
 
 def _cast(potential, dtype_name):
-    if dtype_name is None:
-        return potential
-    dtype = jnp.dtype(dtype_name)
-    if hasattr(potential, "astype"):
-        return potential.astype(dtype)
-    params = jax.tree.map(lambda p: jnp.asarray(p).astype(dtype) if jnp.issubdtype(jnp.asarray(p).dtype, jnp.floating) else p,
-                          potential.params)
-    return _with_params(potential, params)
+    """The potential with floating parameters in ``dtype_name`` (None: as they are), all strongly typed
+    device arrays (a weakly typed leaf, e.g. ``jnp.asarray(0.01)``, would compile the steps twice:
+    the optimizer's outputs are strongly typed)."""
+    def cast(p):
+        p = jnp.asarray(p)
+        target = jnp.dtype(dtype_name) if (dtype_name is not None and jnp.issubdtype(p.dtype, jnp.floating)) else p.dtype
+        if p.dtype == target and not p.weak_type:
+            return p
+        return jax.device_put(np.asarray(p, dtype=target))  # a host copy: strongly typed, nothing compiled
+
+    return _with_params(potential, jax.tree.map(cast, potential.params))
 
 
 def _param_dtype(params):
@@ -178,17 +182,9 @@ class _Context:
     split: strategies.ParamSplit
 
     def eval_batches(self, graphs: Sequence[StructureGraph]):
-        """Sequential batches (sorted by size), all in the largest bucket: one compiled eval shape.
+        """Sequential batches (sorted by size), all in the top bucket: one compiled eval shape.
         Yields (indices, batch)."""
-        order = sorted(range(len(graphs)), key=lambda k: (graphs[k].n_atoms, graphs[k].n_edges))
-        b = self.buckets.batch_size
-        chunk: list[int] = []
-        for k in order:
-            if chunk and (len(chunk) == b or (self.buckets.exact_atoms and graphs[k].n_atoms != graphs[chunk[0]].n_atoms)):
-                yield chunk, assemble([graphs[i] for i in chunk], self.buckets, self.dtype, level=-1)[1]
-                chunk = []
-            chunk.append(k)
-        if chunk:
+        for chunk in _eval_chunks(graphs, self.buckets.batch_size, self.buckets.exact_atoms):
             yield chunk, assemble([graphs[i] for i in chunk], self.buckets, self.dtype, level=-1)[1]
 
     def evaluate(self, params, graphs, *, predictions: bool = False):
@@ -203,7 +199,7 @@ class _Context:
         per = [None] * len(graphs) if predictions else None
         for idx, batch in self.eval_batches(graphs):
             pred, s, value = eval_step(params, batch)
-            sums += np.asarray(jnp.stack(list(s)), dtype=np.float64)
+            sums += np.array([float(v) for v in s])
             loss_sum += float(value) * len(idx)
             n += len(idx)
             if predictions:
@@ -235,18 +231,37 @@ def _context(potential, data: _Data, settings: FinetuneSettings, *, n_steps_per_
     if model.exact_atoms and settings.replay_fraction > 0:
         raise ValueError(f"replay batches mix structure sizes; {type(potential).__name__} is not a FlaxPotential and "
                          f"cannot pad atoms")
-    buckets = plan_buckets(everything, settings.batch_size, settings.n_buckets, layout, exact_atoms=model.exact_atoms)
     split = strategies.make_split(potential.params, settings.strategy, freeze_trainable=settings.freeze_trainable,
                                   lora_targets=settings.lora_targets, lora_rank=settings.lora_rank, lora_alpha=settings.lora_alpha)
     per_batch = settings.batch_size - int(round(settings.replay_fraction * settings.batch_size))
-    if n_steps_per_epoch is None:
-        n_steps_per_epoch = len(_epoch_plan(settings, train_g, per_batch, len(replay_g), 0, model.exact_atoms))
+    train_batches = eval_batches = None
+    if n_steps_per_epoch is None:  # a training run: size the buckets from its own batches
+        plans = [_epoch_plan(settings, train_g, per_batch, len(replay_g), e, model.exact_atoms)
+                 for e in range(1, settings.epochs + 1)]
+        n_steps_per_epoch = len(plans[0])
+        train_batches = [[train_g[i] for i in t] + [replay_g[i] for i in r] for plan in plans for t, r in plan]
+        eval_batches = [[gs[i] for i in chunk] for gs in (train_g, valid_g, replay_g)
+                        for chunk in _eval_chunks(gs, settings.batch_size, model.exact_atoms)]
+    buckets = plan_buckets(everything, settings.batch_size, settings.n_buckets, layout, exact_atoms=model.exact_atoms,
+                           train_batches=train_batches, eval_batches=eval_batches)
     has_stress = any(g.structure.stress_eV_A3 is not None and g.structure.periodic for g in everything)
     pseudo_stress = settings.replay_labels == "base_model" and any(g.structure.periodic for g in replay_g)
     spec = StepSpec(model=model, split=split, loss=LossConfig.from_settings(settings),
                     optimizer=OptimizerConfig.from_settings(settings, n_steps_per_epoch), layout=layout,
                     compute_stress=bool(settings.stress_weight > 0 or has_stress or pseudo_stress))
     return _Context(potential, settings, _param_dtype(potential.params), train_g, valid_g, replay_g, buckets, spec, split)
+
+
+def _eval_chunks(graphs: Sequence[StructureGraph], b: int, exact_atoms: bool) -> list[list[int]]:
+    """Indices of evaluation batches: structures sorted by size, ``b`` at a time (one atom count per
+    batch where atoms cannot be padded)."""
+    order = sorted(range(len(graphs)), key=lambda k: (graphs[k].n_atoms, graphs[k].n_edges))
+    chunks: list[list[int]] = []
+    for k in order:
+        if not chunks or len(chunks[-1]) == b or (exact_atoms and graphs[k].n_atoms != graphs[chunks[-1][0]].n_atoms):
+            chunks.append([])
+        chunks[-1].append(k)
+    return chunks
 
 
 def _epoch_plan(settings, train_g, per_batch, n_replay, epoch, exact_atoms):
@@ -261,7 +276,7 @@ def _epoch_plan(settings, train_g, per_batch, n_replay, epoch, exact_atoms):
 # E0 refit and pseudo-labels
 
 
-def _refit(ctx: _Context, params, graphs: Sequence[StructureGraph]):
+def _refit(ctx: _Context, params, graphs: Sequence[StructureGraph], name: str = "training"):
     """params with refitted E0 and the fit (least squares of E_target - E_model_without_E0)."""
     e0_old = np.asarray(params["atomic_energies"], np.float64)
     zeroed = dict(params)
@@ -272,7 +287,7 @@ def _refit(ctx: _Context, params, graphs: Sequence[StructureGraph]):
     fit = e0mod.fit_reference_energies(counts, residual, e0_old)
     table = _species_table(ctx.potential)
     present = [z for z, c in zip(table.atomic_numbers, counts.any(axis=0)) if c] if table is not None else []
-    e0mod.warn_if_rank_deficient(fit, present)
+    e0mod.warn_if_rank_deficient(fit, present, name)
     new = dict(params)
     new["atomic_energies"] = jnp.asarray(fit.E0_eV, dtype=jnp.asarray(params["atomic_energies"]).dtype)
     return new, fit
@@ -291,7 +306,7 @@ def _rereference(ctx: _Context, params, graphs: Sequence[StructureGraph]) -> lis
     """Replay labels of another functional on the model's E0 reference: E_b - C_b (E0_fit - E0_model),
     with E0_fit the least-squares E0 of the replay labels against the model (forces unchanged)."""
     e0_model = np.asarray(params["atomic_energies"], np.float64)
-    _, fit = _refit(ctx, params, graphs)
+    _, fit = _refit(ctx, params, graphs, "replay")
     counts = e0mod.composition_matrix([g.species for g in graphs], len(e0_model))
     shift = counts @ (fit.E0_eV - e0_model)
     return [dataclasses.replace(g, structure=g.structure.with_labels(g.structure.energy_eV - float(d), g.structure.forces_eV_A,
@@ -317,10 +332,40 @@ def refit_reference_energies(potential, structures, *, settings: FinetuneSetting
         raise ValueError(f"{type(potential).__name__} has no per-element reference energies (params['atomic_energies'])")
     data = read_structures(structures, name="structures")
     check_structures(data, name="structures", species_table=_species_table(potential))
+    potential = _cast(potential, settings.dtype)
     ctx = _context(potential, _Data(data, [], []), dataclasses.replace(settings, strategy="naive", replay_fraction=0.0),
                    n_steps_per_epoch=1)
     params, _ = _refit(ctx, potential.params, ctx.train)
     return _with_params(potential, params)
+
+
+class Prediction(NamedTuple):
+    """A model's prediction for one structure: energy eV, forces (n, 3) eV/A, stress (3, 3) eV/A^3
+    (None for non-periodic structures)."""
+
+    energy_eV: float
+    forces_eV_A: np.ndarray
+    stress_eV_A3: np.ndarray | None
+
+
+def predict(potential, structures, *, settings: FinetuneSettings | None = None) -> list[Prediction]:
+    """Energies, forces and stress of ``structures`` (labels not needed) in the padded batches that
+    fine-tuning evaluates with (``settings.batch_size`` structures per batch, one compiled shape).
+
+    Args:
+        potential: any Potential.
+        structures: list of ase.Atoms / LabelledStructure, an extxyz path or a label-store path.
+        settings: batching settings (default FinetuneSettings()).
+    """
+    settings = FinetuneSettings() if settings is None else settings
+    data = read_structures(structures, name="structures")
+    check_structures(data, name="structures", species_table=_species_table(potential), need_energy=False)
+    potential = _cast(potential, settings.dtype)
+    ctx = _context(potential, _Data(data, [], []), dataclasses.replace(settings, strategy="naive", replay_fraction=0.0),
+                   n_steps_per_epoch=1)
+    ctx.spec = dataclasses.replace(ctx.spec, compute_stress=any(s.periodic for s in data))
+    _, _, per = ctx.evaluate(potential.params, ctx.train, predictions=True)
+    return [Prediction(float(e), f, st if s.periodic else None) for (e, f, st), s in zip(per, data)]
 
 
 # ----------------------------------------------------------------------------------------
@@ -409,10 +454,7 @@ def finetune(potential, train, valid=None, *, settings: FinetuneSettings = Finet
 
     resumed = False
     if settings.resume and ck_path is not None and os.path.exists(ck_path):
-        restored = ckpt.load(ck_path, snapshot())
-        if restored["id"] != run_id:
-            raise ValueError(f"{ck_path} belongs to another run (different data, settings or starting model); "
-                             f"remove it or set resume=False")
+        restored = ckpt.load(ck_path, snapshot(), expect_id=run_id)
         state = jax.tree.map(jnp.asarray, restored["state"])
         state = TrainState(*state) if not isinstance(state, TrainState) else state
         frozen = jax.tree.map(jnp.asarray, restored["frozen"])
@@ -456,31 +498,32 @@ def finetune(potential, train, valid=None, *, settings: FinetuneSettings = Finet
         while loop["epoch"] < settings.epochs and not loop["stopped"]:
             epoch = loop["epoch"] + 1
             plan = _epoch_plan(settings, ctx.train, per_batch, len(ctx.replay), epoch, ctx.buckets.exact_atoms)
-            acc = jnp.asarray(loop["acc"])
-            acc_loss = jnp.asarray(loop["acc_loss"])
+            acc = jnp.asarray(loop["acc"], jnp.float64)
+            acc_loss = jnp.asarray(loop["acc_loss"], jnp.float64)
             t0 = time.perf_counter()
             for b_idx in range(loop["batch"], len(plan)):
+                if settings.max_steps and host_step >= settings.max_steps:
+                    loop["stopped"] = "max_steps"
+                    break
                 tr, rp = plan[b_idx]
                 graphs = [ctx.train[i] for i in tr] + [ctx.replay[i] for i in rp]
                 level, batch = assemble(graphs, ctx.buckets, ctx.dtype)
                 shapes_used.add(level)
                 state, out = train_step(state, frozen, batch)
-                acc = acc + jnp.stack(list(out.sums)).astype(acc.dtype)
-                acc_loss = acc_loss + out.loss.astype(acc_loss.dtype) * len(tr)
+                acc, acc_loss = accumulate(acc, acc_loss, out, len(tr))
                 loop["acc_n"] += len(tr)
                 loop["batch"] = b_idx + 1
                 bar.update(1)
                 host_step += 1
-                step = host_step
-                if settings.checkpoint_every_steps and step % settings.checkpoint_every_steps == 0 or (
-                        settings.max_steps and step >= settings.max_steps):
+                at_limit = bool(settings.max_steps) and host_step >= settings.max_steps
+                if (settings.checkpoint_every_steps and host_step % settings.checkpoint_every_steps == 0) or at_limit:
                     jax.block_until_ready(state)
                     loop["train_wall_s"] += time.perf_counter() - t0
                     t0 = time.perf_counter()
                     loop["acc"] = np.asarray(acc, np.float64)
                     loop["acc_loss"] = float(acc_loss)
                     loop["wall_s"] = time.perf_counter() - t_start
-                    if settings.max_steps and step >= settings.max_steps and loop["batch"] < len(plan):
+                    if at_limit and loop["batch"] < len(plan):
                         loop["stopped"] = "max_steps"
                         save_checkpoint()
                         break
@@ -507,6 +550,8 @@ def finetune(potential, train, valid=None, *, settings: FinetuneSettings = Finet
             loop.update(epoch=epoch, batch=0, acc=np.zeros(9), acc_loss=0.0, acc_n=0, train_wall_s=0.0, wall_s=wall)
             if settings.early_stopping_patience and loop["bad_epochs"] >= settings.early_stopping_patience:
                 loop["stopped"] = "early_stopping"
+            if not math.isfinite(row.train_loss) or not math.isfinite(row.valid_loss):
+                loop["stopped"] = "diverged"  # NaN / inf loss: keep the best finite weights
             if settings.max_steps and int(state.step) >= settings.max_steps and loop["epoch"] < settings.epochs:
                 loop["stopped"] = loop["stopped"] or "max_steps"
             save_checkpoint()
@@ -517,7 +562,7 @@ def finetune(potential, train, valid=None, *, settings: FinetuneSettings = Finet
     stopped = loop["stopped"] or "completed"
     if out_dir is not None:
         hist.write(history, out_dir, plot=settings.plot)
-    final = best if (settings.restore_best and stopped != "max_steps") else state.ema
+    final = best if (stopped == "diverged" or (settings.restore_best and stopped != "max_steps")) else state.ema
     out_params = strategies.combine(split, final, frozen)
     return FinetuneResult(
         potential=_with_params(potential, out_params),
