@@ -37,24 +37,39 @@ class Predictions(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class GraphModel:
-    """A FlaxPotential's module on a flat batch graph. ``module`` must be hashable (MACE's is)."""
+    """A FlaxPotential's module on a flat batch graph. ``module`` must be hashable (MACE's is).
+
+    ``max_neighbours`` (K): the batch's edges are grouped by receiver into the dense per-atom
+    format of :mod:`slhmc_jax.neighbours` ((N, K) slots, ``neighbours.receiver_slots``) for modules
+    that read it (MACE sums messages by batched matmuls there); K must hold the largest in-degree.
+    """
 
     module: Any
     cutoff: float
+    max_neighbours: int | None = None
     exact_atoms = False
 
     def energies(self, params, batch: GraphBatch, positions, cells) -> jax.Array:
         """(G,) energies, eV, of the graph slots (padding atoms sit in slot G and are dropped)."""
-        n_graphs = cells.shape[0]
+        n_graphs, n_atoms = cells.shape[0], positions.shape[0]
+        senders, receivers, shifts, edge_mask = batch.senders, batch.receivers, batch.shifts, batch.edge_mask
+        if self.max_neighbours is not None:
+            slot, _ = nl.receiver_slots(receivers, edge_mask, n_atoms, self.max_neighbours)
+            n_edges = edge_mask.shape[0]
+            pick = jnp.minimum(slot, n_edges - 1)
+            edge_mask = slot < n_edges
+            senders = jnp.where(edge_mask, senders[pick], 0)
+            receivers = jnp.where(edge_mask, receivers[pick], 0)
+            shifts = shifts[pick]
         cells_ext = jnp.concatenate([cells, jnp.eye(3, dtype=cells.dtype)[None]], axis=0)
-        edge_graph = jnp.take(batch.atom_graph, batch.senders)
-        d = (jnp.take(positions, batch.receivers, axis=0) - jnp.take(positions, batch.senders, axis=0)
-             + jnp.einsum("ek,ekl->el", batch.shifts.astype(positions.dtype), jnp.take(cells_ext, edge_graph, axis=0)))
-        mask = batch.edge_mask & (jnp.sum(d * d, axis=-1) < self.cutoff**2)
-        far = jnp.zeros_like(d).at[:, 0].set(10.0 * self.cutoff + 1.0)
-        d = jnp.where(mask[:, None], d, far)
-        node = jnp.asarray(self.module.apply(params, batch.species, batch.senders, batch.receivers, d, mask))
-        node = node.reshape(positions.shape[0])
+        edge_graph = jnp.take(batch.atom_graph, senders)
+        d = (jnp.take(positions, receivers, axis=0) - jnp.take(positions, senders, axis=0)
+             + jnp.einsum("...k,...kl->...l", shifts.astype(positions.dtype), jnp.take(cells_ext, edge_graph, axis=0)))
+        mask = edge_mask & (jnp.sum(d * d, axis=-1) < self.cutoff**2)
+        far = jnp.zeros_like(d).at[..., 0].set(10.0 * self.cutoff + 1.0)
+        d = jnp.where(mask[..., None], d, far)
+        node = jnp.asarray(self.module.apply(params, batch.species, senders, receivers, d, mask))
+        node = node.reshape(n_atoms)
         return jax.ops.segment_sum(node, batch.atom_graph, num_segments=n_graphs + 1)[:n_graphs]
 
 
@@ -94,24 +109,23 @@ class PotentialModel:
         else:
             nbrs = nl.Neighbours(
                 senders=batch.senders, receivers=batch.receivers, shifts=batch.shifts, mask=batch.edge_mask,
-                n_pairs=jnp.sum(batch.edge_mask).astype(jnp.int32), overflow=jnp.array(False),
-                reference_positions=positions, reference_cell=cells[0])
+                n_pairs=jnp.sum(batch.edge_mask).astype(jnp.int32), max_per_atom=jnp.zeros((), jnp.int32),
+                overflow=jnp.array(False), reference_positions=positions, reference_cell=cells[0])
         return self.potential.energy(params, positions, cells[0], batch.atomic_numbers, nbrs)[None]
 
 
 def as_model(potential, max_neighbours: int | None = None):
-    """The static model of ``potential``: a GraphModel for FlaxPotentials (MACE evaluated with
-    ``max_neighbours`` receiver slots when given), else a PotentialModel."""
+    """The static model of ``potential``: a GraphModel for FlaxPotentials (edges in ``max_neighbours``
+    receiver slots when given and the model prefers the dense format), else a PotentialModel."""
     from slhmc_jax.models.registry import FlaxPotential
 
     if isinstance(potential, FlaxPotential):
-        if hasattr(potential, "with_max_neighbours"):  # slots sized here (None: scatter-sum)
-            potential = potential.with_max_neighbours(max_neighbours)
         try:
             hash(potential.module)
         except TypeError:
             return PotentialModel(potential)
-        return GraphModel(potential.module, float(potential.cutoff))
+        k = max_neighbours if potential.prefers_dense_neighbours else None
+        return GraphModel(potential.module, float(potential.cutoff), k)
     return PotentialModel(potential)
 
 
