@@ -183,14 +183,14 @@ class TargetConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class RelabelConfig:
-    """The relabel control: configurations drawn from the base model's own Boltzmann distribution
-    (HMC with the model as its own judge, the temperature, pressure and ensemble of [sampler]), as
-    many as the slhmc arm trains on, labelled by the same target and fine-tuned with the same recipe.
+class ModelSampling:
+    """The sampler of a model judging itself (HMC with the model as proposal and target: its exact
+    Boltzmann distribution, at the temperature, pressure and ensemble of [sampler]).
 
-    n_chains, warmup_steps, burn_in_steps, trajectory_steps, timestep_fs: its sampler.
+    n_chains, warmup_steps, burn_in_steps, trajectory_steps, timestep_fs (fs): as in [sampler].
     """
 
+    TABLE = "?"
     n_chains: int = 8
     warmup_steps: int = 20
     burn_in_steps: int = 20
@@ -200,20 +200,32 @@ class RelabelConfig:
     def __post_init__(self):
         for key in ("n_chains", "trajectory_steps"):
             if getattr(self, key) < 1:
-                _fail("relabel", key, f"must be >= 1; got {getattr(self, key)}")
+                _fail(self.TABLE, key, f"must be >= 1; got {getattr(self, key)}")
         for key in ("warmup_steps", "burn_in_steps"):
             if getattr(self, key) < 0:
-                _fail("relabel", key, f"must be >= 0; got {getattr(self, key)}")
+                _fail(self.TABLE, key, f"must be >= 0; got {getattr(self, key)}")
         if self.timestep_fs <= 0:
-            _fail("relabel", "timestep_fs", f"must be > 0 fs; got {self.timestep_fs}")
+            _fail(self.TABLE, "timestep_fs", f"must be > 0 fs; got {self.timestep_fs}")
+
+    def sampler_fields(self) -> dict:
+        """The SamplerSettings fields this table sets."""
+        return {k: getattr(self, k) for k in ("n_chains", "warmup_steps", "burn_in_steps", "trajectory_steps", "timestep_fs")}
 
 
 @dataclasses.dataclass(frozen=True)
-class EvaluationConfig:
-    """Each arm's final model sampled on its own (HMC, the model as its own judge), and what is
-    measured against the target reference.
+class RelabelConfig(ModelSampling):
+    """The relabel control: configurations drawn from the base model's own Boltzmann distribution
+    (:class:`ModelSampling`), as many as the slhmc arm trains on, labelled by the same target and
+    fine-tuned with the same recipe."""
 
-    n_chains, n_steps, warmup_steps, burn_in_steps, trajectory_steps, timestep_fs: its sampler.
+    TABLE = "relabel"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig(ModelSampling):
+    """Each arm's final model sampled on its own (:class:`ModelSampling`, ``n_steps`` recorded
+    steps), and what is measured against the target reference.
+
     reference: the target reference: "last" (the production samples of the last SLHMC iteration,
         proposed by the best model, so the best mixed) or "all" (every iteration's, pooled: exact
         draws too, but the first iteration's chains start from the start structure with the
@@ -224,12 +236,8 @@ class EvaluationConfig:
         frames support) and bins. n_bootstrap: bootstrap replicates of the intervals.
     """
 
-    n_chains: int = 8
+    TABLE = "evaluation"
     n_steps: int = 200
-    warmup_steps: int = 20
-    burn_in_steps: int = 20
-    trajectory_steps: int = 10
-    timestep_fs: float = 0.5
     reference: str = "last"
     pairs: tuple[tuple[str, ...], ...] = (("Ti", "O"),)
     k: int = 6
@@ -238,17 +246,12 @@ class EvaluationConfig:
     n_bootstrap: int = 1000
 
     def __post_init__(self):
-        for key in ("n_chains", "n_steps", "trajectory_steps", "k", "n_bins", "n_bootstrap"):
+        super().__post_init__()
+        for key in ("n_steps", "k", "n_bins", "n_bootstrap"):
             if getattr(self, key) < 1:
                 _fail("evaluation", key, f"must be >= 1; got {getattr(self, key)}")
-        for key in ("warmup_steps", "burn_in_steps"):
-            if getattr(self, key) < 0:
-                _fail("evaluation", key, f"must be >= 0; got {getattr(self, key)}")
         if self.r_max_A is not None and self.r_max_A <= 0:
             _fail("evaluation", "r_max_A", f"must be > 0 A; got {self.r_max_A}")
-        for key in ("timestep_fs",):
-            if getattr(self, key) <= 0:
-                _fail("evaluation", key, f"must be > 0; got {getattr(self, key)}")
         if self.reference not in ("last", "all"):
             _fail("evaluation", "reference", f"must be 'last' or 'all'; got {self.reference!r}")
         if not self.pairs or any(len(p) != 2 for p in self.pairs):

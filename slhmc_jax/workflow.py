@@ -432,9 +432,7 @@ class Workflow:
 
         c, r = self.config, self.config.relabel
         n_steps = max(1, math.ceil(n_configurations / r.n_chains))
-        settings = sampler_settings(c, "relabel", n_chains=r.n_chains, n_steps=n_steps, warmup_steps=r.warmup_steps,
-                                    burn_in_steps=r.burn_in_steps, trajectory_steps=r.trajectory_steps,
-                                    timestep_fs=r.timestep_fs, on_failure="raise")
+        settings = sampler_settings(c, "relabel", n_steps=n_steps, on_failure="raise", **r.sampler_fields())
         self._log(f"relabel: the foundation's own distribution, {r.n_chains} chains x {n_steps} steps")
         s = self._sample("relabel", self.start, self.foundation, PotentialTarget(self.foundation), settings, store=False)
         picks = [(c_, s_) for s_ in range(n_steps) for c_ in range(r.n_chains)][:n_configurations]
@@ -454,9 +452,7 @@ class Workflow:
         from slhmc_jax.targets import PotentialTarget
 
         e = self.config.evaluation
-        settings = sampler_settings(self.config, "evaluation", n_chains=e.n_chains, n_steps=e.n_steps,
-                                    warmup_steps=e.warmup_steps, burn_in_steps=e.burn_in_steps,
-                                    trajectory_steps=e.trajectory_steps, timestep_fs=e.timestep_fs, on_failure="raise")
+        settings = sampler_settings(self.config, "evaluation", n_steps=e.n_steps, on_failure="raise", **e.sampler_fields())
         self._log(f"evaluation: the {arm} model on its own, {e.n_chains} chains x {e.n_steps} steps")
         return self._sample(f"evaluation/{arm}", self.start, model, PotentialTarget(model), settings, store=False)
 
