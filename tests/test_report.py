@@ -24,17 +24,32 @@ from slhmc_jax.structures import rutile
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _harmonic_water_energies(atoms_list):
-    """The proposal's own energy (cli._water_proposal) on the host: it is the foundation arm's 'target'."""
-    from slhmc_jax.cli import _water_proposal
+def _water_proposal():
+    """A harmonic valence model of H2O near PBE/STO-3G: r0 = 1.02 A, k_r = 45 eV/A^2, theta0 = 97 deg,
+    k_theta = 4 eV/rad^2 (E = sum k_r/2 (r - r0)^2 + k_theta/2 (theta - theta0)^2)."""
+    import jax.numpy as jnp
 
+    from slhmc_jax.models import FunctionPotential
+
+    r0, k_r, theta0, k_theta = 1.02, 45.0, np.deg2rad(97.0), 4.0
+
+    def energy(positions, cell, numbers):
+        d1, d2 = positions[1] - positions[0], positions[2] - positions[0]
+        r1, r2 = jnp.linalg.norm(d1), jnp.linalg.norm(d2)
+        theta = jnp.arccos(jnp.clip(jnp.dot(d1, d2) / (r1 * r2), -1 + 1e-12, 1 - 1e-12))
+        return 0.5 * k_r * ((r1 - r0) ** 2 + (r2 - r0) ** 2) + 0.5 * k_theta * (theta - theta0) ** 2
+
+    return FunctionPotential(energy)
+
+
+def _harmonic_water_energies(atoms_list):
+    """The proposal's own energy on the host: it is the foundation arm's 'target'."""
     proposal = _water_proposal()
     return np.array([float(proposal.energy_fn(a.positions, None, None)) for a in atoms_list])
 
 
 @pytest.fixture(scope="module")
 def water_run_dir(tmp_path_factory):
-    from slhmc_jax.cli import _water_proposal
     from slhmc_jax.targets import PySCFTarget
 
     atoms = molecule("H2O")
