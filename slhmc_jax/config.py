@@ -362,7 +362,8 @@ def _coerce(table: str, key: str, value, tp):
     return value
 
 
-def _build(table: str, cls, values: dict):
+def build_table(table: str, cls, values: dict):
+    """``cls(**values)`` for the TOML table ``table``, every key checked (ConfigError naming table and key)."""
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     reserved = _RESERVED.get(table, ())
@@ -397,7 +398,7 @@ def from_dict(data: dict, source: str = "<dict>") -> WorkflowConfig:
         values = dict(data.get(name, {}))
         if name == "sampler":
             values = sampler_defaults | values
-        built[name] = _build(name, cls, values)
+        built[name] = build_table(name, cls, values)
     if built["run"].labels == "energy" and built["finetune"].forces_weight > 0:
         raise ConfigError("[finetune] forces_weight: must be 0 with [run] labels = 'energy' (no forces are computed); "
                           f"got {built['finetune'].forces_weight}")
