@@ -4,13 +4,13 @@ from slhmc_jax import _jax_config  # noqa: F401  (enables float64 before any arr
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "sample", "SampleResult"]
+__all__ = ["__version__", "sample", "SampleResult", "SamplerSettings"]
 
 
 def __getattr__(name):
     # The sampler pulls in the whole JAX core; DFT worker processes that only need
     # slhmc_jax.targets / store must not pay for it, so it is imported on first use.
-    if name in ("sample", "SampleResult"):
+    if name in ("sample", "SampleResult", "SamplerSettings"):
         from slhmc_jax import sampling
 
         return getattr(sampling, name)
