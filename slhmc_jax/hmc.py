@@ -29,6 +29,31 @@ symmetrically, like any event that is its own mirror image; and a non-finite end
 reverse move could start from. The chain still samples exp(-beta E_t) exactly.
 
 Cell move (NPT): see :func:`propose_cell`.
+
+Delayed acceptance (Christen & Fox, J. Comput. Graph. Stat. 14, 795 (2005)). With a cheap
+*screen* energy E_c (a cheaper functional, or any approximation of E_t), a move is decided in two
+stages, and only proposals that pass the first reach the expensive target:
+
+    stage one:  a1(z, z') = min(1, r_c),  r_c = pi_c(z') / pi_c(z),  pi_c ∝ exp(-beta H_c)
+    stage two:  a2(z, z') = min(1, [pi(z') q1(z' -> z)] / [pi(z) q1(z -> z')])
+
+where z = (x, p) (HMC) or (s, u) (cell move), H_c the screen's total Hamiltonian (the same
+kinetic, P V and Jacobian terms as the target's, E_c in place of E_t) and q1(z -> z') =
+q(z -> z') a1(z, z') the proposal as stage two sees it (the moves that passed stage one).
+The HMC map and the cell walk are symmetric proposals (q(z -> z') = q(z' -> z), see above), and
+a1(z', z) / a1(z, z') = 1 / r_c whether r_c < 1 or not, so
+
+    a2 = min(1, (pi(z') / pi(z)) / r_c) = min(1, exp(-beta [(E_t(x') - E_t(x)) - (E_c(x') - E_c(x))]))
+
+(kinetic energies, P dV and the volume Jacobian are common to both Hamiltonians and cancel).
+Detailed balance: pi(z) q(z -> z') a1 a2 = min(pi(z) q a1(z, z'), pi(z') q a1(z', z)) is
+symmetric in z <-> z', so the two-stage chain leaves pi (the target's distribution) invariant
+exactly, whatever E_c is; a poor screen only rejects more. Stage one rejects divergent and
+overflowed trajectories without any call, as the one-stage move does. The stage-one and
+stage-two uniforms come from one split of the move's acceptance key (so the chain's own key
+advances exactly as without a screen). The Metropolis decision of both stages is
+:func:`metropolis`; :func:`screen_hmc` / :func:`screen_cell` give stage one, ``accept_hmc`` /
+``accept_cell`` with ``screening=`` stage two.
 """
 
 from __future__ import annotations
@@ -53,6 +78,8 @@ class ChainState(NamedTuple):
         positions: (n_chains, n_atoms, 3) A. cell: (n_chains, 3, 3) A.
         target_energy: (n_chains,) eV (float64). key: (n_chains, 2) PRNG keys.
         n_accepted, n_steps: (n_chains,) int64 counters.
+        screen_energy: (n_chains,) eV (float64), the delayed-acceptance screen's energy E_c of
+            the current states (0 without a screen); kept so stage one costs one cheap call.
     """
 
     positions: jax.Array
@@ -61,6 +88,7 @@ class ChainState(NamedTuple):
     key: jax.Array
     n_accepted: jax.Array
     n_steps: jax.Array
+    screen_energy: jax.Array
 
 
 class Proposal(NamedTuple):
@@ -110,22 +138,44 @@ class CellProposal(NamedTuple):
 
 
 class AcceptInfo(NamedTuple):
-    """accepted: (n_chains,) bool; probability: (n_chains,) the Metropolis probability alpha;
-    delta_H: (n_chains,) eV, the energy change that alpha = min(1, exp(-beta delta_H)) weighs."""
+    """accepted: (n_chains,) bool; probability: (n_chains,) the Metropolis probability alpha (with a
+    screen: 1[passed stage one] a2, an unbiased estimate of the two-stage probability a1 a2, since
+    P(passed) = a1); delta_H: (n_chains,) eV, the target's energy change that one-stage
+    alpha = min(1, exp(-beta delta_H)) weighs (+inf where no target energy was computed)."""
 
     accepted: jax.Array
     probability: jax.Array
     delta_H: jax.Array
 
 
-def init(positions, cells, target_energies, seed: int) -> ChainState:
+class Screening(NamedTuple):
+    """Stage one of delayed acceptance (see the module docstring), leading chain axis.
+
+    Attributes:
+        passed: (n_chains,) bool, the proposal goes on to the target.
+        probability: (n_chains,) a1 = min(1, exp(-beta delta_H)) (0 for a divergent/overflowed one).
+        delta_H: (n_chains,) eV, the screen's total-Hamiltonian change (kinetic, or P dV - kT ln J).
+        energy: (n_chains,) eV, E_c of the proposed configurations.
+        key: (n_chains, 2) the keys of the stage-two uniforms.
+    """
+
+    passed: jax.Array
+    probability: jax.Array
+    delta_H: jax.Array
+    energy: jax.Array
+    key: jax.Array
+
+
+def init(positions, cells, target_energies, seed: int, screen_energies=None) -> ChainState:
     """Chains at ``positions`` (n_chains, n_atoms, 3) A in ``cells`` (n_chains, 3, 3) A with their
-    target energies (n_chains,) eV; chain c draws from ``split(PRNGKey(seed), n_chains)[c]``."""
+    target energies (n_chains,) eV (and screen energies, eV; default 0: no screen); chain c draws
+    from ``split(PRNGKey(seed), n_chains)[c]``."""
     positions = jnp.asarray(positions)
     n = positions.shape[0]
     zeros = jnp.zeros((n,), jnp.int64)
+    screen = jnp.zeros((n,), jnp.float64) if screen_energies is None else jnp.asarray(screen_energies, jnp.float64)
     return ChainState(positions, jnp.asarray(cells), jnp.asarray(target_energies, jnp.float64),
-                      jax.random.split(jax.random.PRNGKey(seed), n), zeros, zeros)
+                      jax.random.split(jax.random.PRNGKey(seed), n), zeros, zeros, screen)
 
 
 def metropolis(log_alpha, key):
@@ -150,6 +200,27 @@ def acceptance_probability(delta_H, temperature_K):
     """min(1, exp(-beta delta_H)) elementwise (0 where delta_H is not finite)."""
     log_alpha = -jnp.asarray(delta_H, jnp.float64) / (KB_EV_PER_K * temperature_K)
     return jnp.where(jnp.isfinite(log_alpha), jnp.exp(jnp.minimum(log_alpha, 0.0)), 0.0)
+
+
+def _split2(key):
+    """(n_chains, 2) keys -> two (n_chains, 2) key arrays (each chain's key split in two)."""
+    keys = jax.vmap(lambda k: jax.random.split(k, 2))(key)
+    return keys[:, 0], keys[:, 1]
+
+
+def _first_stage(log_alpha, energy, uniform_key, beta) -> Screening:
+    """Stage one from the screen's ln a1; ``uniform_key`` is the key the one-stage move draws its
+    uniform from: split once more into the stage-one and stage-two keys."""
+    k1, k2 = _split2(uniform_key)
+    passed, prob = metropolis(log_alpha, k1)
+    return Screening(passed, prob, -log_alpha / beta, energy, k2)
+
+
+def _second_stage(states: ChainState, screening: Screening, e_new, beta):
+    """Stage two of delayed acceptance: ln a2 = -beta [(E_t' - E_t) - (E_c' - E_c)] where stage one
+    passed (NaN, i.e. reject, elsewhere); the same for HMC and cell moves (see the module docstring)."""
+    diff = (e_new - states.target_energy) - (screening.energy - states.screen_energy)
+    return metropolis(jnp.where(screening.passed, -beta * diff, jnp.nan), screening.key)
 
 
 # ----------------------------------------------------------------------------------------
@@ -186,29 +257,55 @@ def propose_hmc(states: ChainState, potential, params, atomic_numbers, masses, t
                     traj.max_per_atom, traj.n_rebuilds, divergent, keys[:, 0])
 
 
-def accept_hmc(states: ChainState, proposal: Proposal, proposed_target_energy, temperature_K
-               ) -> tuple[ChainState, AcceptInfo]:
-    """alpha = min(1, exp(-beta [E_t' + K' - E_t - K])) per chain, float64 (see the module docstring).
+def _hmc_log_ratio(proposal: Proposal, energy_start, energy_end, beta):
+    """(ln alpha, delta_H): delta_H = E(x') + K(p') - E(x) - K(p) (eV) of one energy (target or
+    screen), ln alpha = -beta delta_H, NaN (reject) for an overflowed or divergent proposal."""
+    dH = (energy_end + proposal.kinetic_end.astype(jnp.float64)) - (energy_start + proposal.kinetic_start.astype(jnp.float64))
+    return jnp.where(proposal.overflow | proposal.divergent, jnp.nan, -beta * dH), dH
+
+
+def screen_hmc(states: ChainState, proposal: Proposal, proposed_screen_energy, temperature_K) -> Screening:
+    """Stage one of delayed acceptance for the HMC move: a1 = min(1, exp(-beta [E_c' + K' - E_c - K])).
+
+    Args:
+        proposed_screen_energy: (n_chains,) E_c(x') in eV (+inf or NaN: not passed).
+    """
+    beta = 1.0 / (KB_EV_PER_K * temperature_K)
+    e_c = jnp.asarray(proposed_screen_energy, jnp.float64)
+    log_alpha, _ = _hmc_log_ratio(proposal, states.screen_energy, e_c, beta)
+    return _first_stage(log_alpha, e_c, _split2(proposal.key)[1], beta)
+
+
+def accept_hmc(states: ChainState, proposal: Proposal, proposed_target_energy, temperature_K,
+               screening: Screening | None = None) -> tuple[ChainState, AcceptInfo]:
+    """alpha = min(1, exp(-beta [E_t' + K' - E_t - K])) per chain, float64 (see the module docstring);
+    with ``screening`` (stage one, :func:`screen_hmc`) the stage-two probability a2 instead.
 
     Args:
         proposed_target_energy: (n_chains,) E_t(x') in eV (+inf or NaN rejects).
+        screening: None (one-stage move) or the stage-one verdict of these proposals.
 
     Returns:
         (new states, AcceptInfo). Overflowed and divergent proposals are always rejected.
     """
     beta = 1.0 / (KB_EV_PER_K * temperature_K)
-    keys = jax.vmap(lambda k: jax.random.split(k, 2))(proposal.key)
+    carry, key = _split2(proposal.key)
     e_new = jnp.asarray(proposed_target_energy, jnp.float64)
-    dH = (e_new + proposal.kinetic_end.astype(jnp.float64)) - (states.target_energy + proposal.kinetic_start.astype(jnp.float64))
-    log_alpha = jnp.where(proposal.overflow | proposal.divergent, jnp.nan, -beta * dH)
-    ok, prob = metropolis(log_alpha, keys[:, 1])
+    log_alpha, dH = _hmc_log_ratio(proposal, states.target_energy, e_new, beta)
+    if screening is None:
+        ok, prob = metropolis(log_alpha, key)
+        screen_energy = states.screen_energy
+    else:
+        ok, prob = _second_stage(states, screening, e_new, beta)
+        screen_energy = jnp.where(ok, screening.energy, states.screen_energy)
     new = ChainState(
         jnp.where(ok[:, None, None], proposal.positions, states.positions),
         states.cell,
         jnp.where(ok, e_new, states.target_energy),
-        keys[:, 0],
+        carry,
         states.n_accepted + ok.astype(jnp.int64),
         states.n_steps + 1,
+        screen_energy,
     )
     return new, AcceptInfo(ok, prob, dH)
 
@@ -270,23 +367,48 @@ def propose_cell(states: ChainState, max_log_step, mode: str = "isotropic") -> C
     return CellProposal(*jax.vmap(one)(states.positions, states.cell, states.key))
 
 
-def accept_cell(states: ChainState, proposal: CellProposal, proposed_target_energy, temperature_K, pressure_GPa
-                ) -> tuple[ChainState, AcceptInfo]:
-    """alpha = min(1, J exp(-beta [E_t' + P V' - E_t - P V])) per chain (see :func:`propose_cell`), float64.
+def _cell_log_ratio(states: ChainState, proposal: CellProposal, energy_start, energy_end, beta, pressure_GPa):
+    """ln alpha = ln J - beta [E' + P V' - E - P V] of one energy (target or screen)."""
+    p = pressure_GPa / EV_PER_A3_IN_GPA
+    v0, v1 = jnp.abs(jnp.linalg.det(states.cell)), jnp.abs(jnp.linalg.det(proposal.cell))
+    return proposal.log_jacobian - beta * (energy_end + p * v1 - energy_start - p * v0)
+
+
+def screen_cell(states: ChainState, proposal: CellProposal, proposed_screen_energy, temperature_K, pressure_GPa
+                ) -> Screening:
+    """Stage one of delayed acceptance for the cell move: a1 = min(1, J exp(-beta [E_c' + P V' - E_c - P V])).
+
+    Args:
+        proposed_screen_energy: (n_chains,) E_c(x', h') in eV (+inf or NaN: not passed).
+    """
+    beta = 1.0 / (KB_EV_PER_K * temperature_K)
+    e_c = jnp.asarray(proposed_screen_energy, jnp.float64)
+    log_alpha = _cell_log_ratio(states, proposal, states.screen_energy, e_c, beta, pressure_GPa)
+    return _first_stage(log_alpha, e_c, proposal.accept_key, beta)
+
+
+def accept_cell(states: ChainState, proposal: CellProposal, proposed_target_energy, temperature_K, pressure_GPa,
+                screening: Screening | None = None) -> tuple[ChainState, AcceptInfo]:
+    """alpha = min(1, J exp(-beta [E_t' + P V' - E_t - P V])) per chain (see :func:`propose_cell`), float64;
+    with ``screening`` (stage one, :func:`screen_cell`) the stage-two probability a2 instead.
 
     Args:
         proposed_target_energy: (n_chains,) E_t(x', h') eV. temperature_K: K.
         pressure_GPa: GPa (1 eV/A^3 = 160.21766 GPa).
+        screening: None (one-stage move) or the stage-one verdict of these moves.
 
     Returns:
         (new states, AcceptInfo) with delta_H = E_t' + P V' - E_t - P V - kT log J (eV).
     """
     beta = 1.0 / (KB_EV_PER_K * temperature_K)
-    p = pressure_GPa / EV_PER_A3_IN_GPA
-    v0, v1 = jnp.abs(jnp.linalg.det(states.cell)), jnp.abs(jnp.linalg.det(proposal.cell))
     e_new = jnp.asarray(proposed_target_energy, jnp.float64)
-    log_alpha = proposal.log_jacobian - beta * (e_new + p * v1 - states.target_energy - p * v0)
-    ok, prob = metropolis(log_alpha, proposal.accept_key)
+    log_alpha = _cell_log_ratio(states, proposal, states.target_energy, e_new, beta, pressure_GPa)
+    if screening is None:
+        ok, prob = metropolis(log_alpha, proposal.accept_key)
+        screen_energy = states.screen_energy
+    else:
+        ok, prob = _second_stage(states, screening, e_new, beta)
+        screen_energy = jnp.where(ok, screening.energy, states.screen_energy)
     new = ChainState(
         jnp.where(ok[:, None, None], proposal.positions, states.positions),
         jnp.where(ok[:, None, None], proposal.cell, states.cell),
@@ -294,6 +416,7 @@ def accept_cell(states: ChainState, proposal: CellProposal, proposed_target_ener
         proposal.key,
         states.n_accepted + ok.astype(jnp.int64),
         states.n_steps + 1,
+        screen_energy,
     )
     return new, AcceptInfo(ok, prob, -log_alpha / beta)
 
@@ -303,18 +426,23 @@ def accept_cell(states: ChainState, proposal: CellProposal, proposed_target_ener
 
 
 class HMCKernel(NamedTuple):
-    """``propose(states, params, timestep_fs, n_steps) -> Proposal`` and
-    ``accept(states, proposal, target_energies) -> (states, AcceptInfo)``, each one compiled call."""
+    """``propose(states, params, timestep_fs, n_steps) -> Proposal``,
+    ``screen(states, proposal, screen_energies) -> Screening`` (delayed acceptance, stage one) and
+    ``accept(states, proposal, target_energies, screening=None) -> (states, AcceptInfo)``, each one
+    compiled call."""
 
     propose: Callable
     accept: Callable
+    screen: Callable
 
 
 class CellKernel(NamedTuple):
-    """``propose(states) -> CellProposal`` and ``accept(states, proposal, target_energies) -> (states, AcceptInfo)``."""
+    """``propose(states) -> CellProposal``, ``screen(states, proposal, screen_energies) -> Screening``
+    and ``accept(states, proposal, target_energies, screening=None) -> (states, AcceptInfo)``."""
 
     propose: Callable
     accept: Callable
+    screen: Callable
 
 
 class _ByIdentity:
@@ -342,6 +470,8 @@ def _propose_hmc_jit(states, params, atomic_numbers, masses, temperature_K, n_st
 _accept_hmc_jit = jax.jit(accept_hmc)
 _propose_cell_jit = jax.jit(propose_cell, static_argnames=("mode",))
 _accept_cell_jit = jax.jit(accept_cell)
+_screen_hmc_jit = jax.jit(screen_hmc)
+_screen_cell_jit = jax.jit(screen_cell)
 
 
 def default_chain_batch_size(n_chains: int) -> int | None:
@@ -368,10 +498,13 @@ def hmc_kernel(potential, atomic_numbers, masses, temperature_K, *, layout=None,
         return _propose_hmc_jit(states, params, z, m, t, jnp.asarray(n_steps, jnp.int32), jnp.asarray(timestep_fs, jnp.float64),
                                 potential=handle, layout=layout, chain_batch_size=size)
 
-    def accept(states, proposal, target_energies):
-        return _accept_hmc_jit(states, proposal, jnp.asarray(target_energies, jnp.float64), t)
+    def accept(states, proposal, target_energies, screening=None):
+        return _accept_hmc_jit(states, proposal, jnp.asarray(target_energies, jnp.float64), t, screening)
 
-    return HMCKernel(propose, accept)
+    def screen(states, proposal, screen_energies) -> Screening:
+        return _screen_hmc_jit(states, proposal, jnp.asarray(screen_energies, jnp.float64), t)
+
+    return HMCKernel(propose, accept, screen)
 
 
 def cell_kernel(temperature_K, pressure_GPa, max_log_step, mode: str = "isotropic") -> CellKernel:
@@ -382,7 +515,10 @@ def cell_kernel(temperature_K, pressure_GPa, max_log_step, mode: str = "isotropi
     def propose(states) -> CellProposal:
         return _propose_cell_jit(states, d, mode=mode)
 
-    def accept(states, proposal, target_energies):
-        return _accept_cell_jit(states, proposal, jnp.asarray(target_energies, jnp.float64), t, p)
+    def accept(states, proposal, target_energies, screening=None):
+        return _accept_cell_jit(states, proposal, jnp.asarray(target_energies, jnp.float64), t, p, screening)
 
-    return CellKernel(propose, accept)
+    def screen(states, proposal, screen_energies) -> Screening:
+        return _screen_cell_jit(states, proposal, jnp.asarray(screen_energies, jnp.float64), t, p)
+
+    return CellKernel(propose, accept, screen)

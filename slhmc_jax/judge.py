@@ -22,6 +22,7 @@ pinned on one configuration and one chain. What still fails then:
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Sequence
 
 import numpy as np
@@ -61,6 +62,10 @@ class Judge:
 
     Attributes:
         n_failed: configurations given up on (rejected) so far.
+        wall_s: wall-clock seconds spent in batches (``time.perf_counter``; store look-ups,
+            retries and waiting for dispatched workers included), this process.
+        cpu_s: CPU seconds of this process in batches (``time.process_time``: every thread of an
+            in-process target such as PySCFTarget; NOT the CPU of dispatched worker processes).
     """
 
     def __init__(self, target, store=None, *, labels: str = "energy", max_retries: int = 2, on_failure: str = "raise"):
@@ -77,6 +82,8 @@ class Judge:
         self.max_retries = int(max_retries)
         self.on_failure = on_failure
         self.n_failed = 0
+        self.wall_s = 0.0
+        self.cpu_s = 0.0
 
     @property
     def target(self):
@@ -100,6 +107,14 @@ class Judge:
 
     def __call__(self, atoms_list: Sequence[Any], chains: Sequence[int]) -> Judgement:
         """Energies (eV) of ``atoms_list``; ``chains[j]`` is the chain of configuration j."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            return self._judge(atoms_list, chains)
+        finally:
+            self.wall_s += time.perf_counter() - wall
+            self.cpu_s += time.process_time() - cpu
+
+    def _judge(self, atoms_list: Sequence[Any], chains: Sequence[int]) -> Judgement:
         n = len(atoms_list)
         energies = np.full(n, np.inf)
         done = np.zeros(n, bool)

@@ -9,8 +9,11 @@ One Metropolis step for all chains:
 2. judge: the host sends the proposed configurations to the target in one batched query
    (:class:`slhmc_jax.judge.Judge`: label store, retries, failure policy); a divergent trajectory
    (non-finite, or an ML energy error above ``hmc.DIVERGENCE_KT`` kT) is rejected without a target
-   call, and does not grow the neighbour layout;
-3. accept: one compiled call applies the Metropolis test of every chain (float64);
+   call, and does not grow the neighbour layout. With a ``screen`` (delayed acceptance, see
+   :mod:`slhmc_jax.hmc`), the screen judges every non-divergent proposal first (one batched cheap
+   query, stage one) and only those that pass go to the target;
+3. accept: one compiled call applies the Metropolis test of every chain (float64; with a screen,
+   the second stage);
 4. record: warm-up tuning (:mod:`slhmc_jax.adaptation`), the production record, the checkpoint
    (:mod:`slhmc_jax.checkpoint`).
 
@@ -42,7 +45,7 @@ from slhmc_jax.checkpoint import Checkpoint
 from slhmc_jax.judge import FAILURE_POLICIES, Judge
 
 ENSEMBLES = ("nvt", "npt", "npt_orthorhombic")
-_CHECKPOINT_VERSION = 3
+_CHECKPOINT_VERSION = 4  # 4: ChainState.screen_energy and the delayed-acceptance counters
 _MAX_REALLOCATIONS = 10
 # a warning is given when more than this fraction of a chain's trajectories diverged
 DIVERGENT_WARNING_FRACTION = 0.01
@@ -189,6 +192,22 @@ class SamplerDiagnostics:
         n_failed: evaluations given up on (``on_failure="reject"``).
         divergent_trajectories: (n_chains,) divergent ML trajectories (rejected without a target
             call), warm-up and burn-in included.
+        target_wall_s, target_cpu_s: seconds the target's batches took as the Judge sees them
+            (start structures, warm-up, burn-in and production; earlier segments of a resumed run
+            included): wall clock (``time.perf_counter``), and this process's CPU time
+            (``time.process_time``, all its threads: the cost of an in-process target such as
+            PySCFTarget; a dispatched target's worker CPU is not in it, use the wall time there).
+        screened: a delayed-acceptance screen was used (the counters below are 0 without one).
+        n_screen_calls: configurations the screen evaluated (start structures included).
+        n_screen_rejected: proposals rejected by stage one (divergent ones not counted: they reach
+            neither stage), i.e. target evaluations saved.
+        n_stage_two: proposals that passed stage one and went to the target.
+        n_stage_two_accepted: of those, accepted by stage two.
+        screen_wall_s, screen_cpu_s: as target_wall_s / target_cpu_s, for the screen.
+
+    With a screen, ``acceptance_probability`` is 1[passed stage one] a2 (an unbiased estimate of
+    the two-stage probability a1 a2; what warm-up tunes on) and the counters cover the whole run
+    (warm-up and burn-in included).
     """
 
     mcmc: Any
@@ -209,10 +228,31 @@ class SamplerDiagnostics:
     n_from_store: int
     n_failed: int
     divergent_trajectories: np.ndarray
+    target_wall_s: float = 0.0
+    target_cpu_s: float = 0.0
+    screened: bool = False
+    n_screen_calls: int = 0
+    n_screen_rejected: int = 0
+    n_stage_two: int = 0
+    n_stage_two_accepted: int = 0
+    screen_wall_s: float = 0.0
+    screen_cpu_s: float = 0.0
 
     @property
     def acceptance(self) -> float:
         return self.mcmc.acceptance
+
+    @property
+    def target_calls_saved_fraction(self) -> float:
+        """Fraction of the (non-divergent) proposals that stage one stopped before the target:
+        n_screen_rejected / (n_screen_rejected + n_stage_two) (0 without a screen)."""
+        n = self.n_screen_rejected + self.n_stage_two
+        return self.n_screen_rejected / n if n else 0.0
+
+    @property
+    def stage_two_acceptance(self) -> float:
+        """Accepted / judged by the target among the proposals that passed stage one (NaN if none)."""
+        return self.n_stage_two_accepted / self.n_stage_two if self.n_stage_two else float("nan")
 
 
 class ChainFrames(Sequence):
@@ -238,7 +278,8 @@ class SampleResult:
         positions: (n_chains, n_steps, n_atoms, 3) Angstrom.
         cells: (n_chains, n_steps, 3, 3) Angstrom.
         target_energies: (n_chains, n_steps) eV.
-        accepted: (n_chains, n_steps) bool, the Metropolis decision of each step.
+        accepted: (n_chains, n_steps) bool, the Metropolis decision of each step (the state moved;
+            with a screen: passed both stages).
         acceptance_rate: (n_chains,) over all production moves.
         hmc_acceptance_rate: (n_chains,) over the HMC moves.
         cell_acceptance_rate: (n_chains,) over the cell moves (None for NVT).
@@ -317,6 +358,9 @@ class DriverState:
         n_judged, n_target_calls, n_failed, n_reallocations: counters (target calls of earlier
             segments of a resumed run included).
         divergent: (n_chains,) divergent trajectories per chain.
+        screen_settings: the screen's settings (None: no screen); a resumed run must use the same.
+        n_screen_calls, n_screen_rejected, n_stage_two, n_stage_two_accepted, target_wall_s,
+            target_cpu_s, screen_wall_s, screen_cpu_s: see :class:`SamplerDiagnostics`.
     """
 
     version: int
@@ -336,6 +380,15 @@ class DriverState:
     n_failed: int
     n_reallocations: int
     divergent: np.ndarray
+    screen_settings: dict | None = None
+    n_screen_calls: int = 0
+    n_screen_rejected: int = 0
+    n_stage_two: int = 0
+    n_stage_two_accepted: int = 0
+    target_wall_s: float = 0.0
+    target_cpu_s: float = 0.0
+    screen_wall_s: float = 0.0
+    screen_cpu_s: float = 0.0
 
     def replace(self, **kw) -> "DriverState":
         return dataclasses.replace(self, **kw)
@@ -391,7 +444,8 @@ def shard_chains(tree, n_chains: int):
 class _Driver:
     """The imperative shell around the kernels: inputs checked once, kernels, judge, checkpoint."""
 
-    def __init__(self, atoms, proposal, target, settings: SamplerSettings, store, labels, checkpoint, neighbour_layout):
+    def __init__(self, atoms, proposal, target, settings: SamplerSettings, store, labels, checkpoint, neighbour_layout,
+                 screen=None):
         self.settings = settings
         self.starts = _start_structures(atoms, settings.n_chains)
         self.template = self.starts[0]
@@ -409,6 +463,13 @@ class _Driver:
         if store is False:  # asked for no store (a cheap judge, e.g. a model judging itself)
             store = None
         self.judge = Judge(target, store, labels=labels, max_retries=settings.max_retries, on_failure=settings.on_failure)
+        # the screen's energies are not stored: a label store is a training set of TARGET labels
+        # (export_extxyz writes every row), and a cheap screen is re-run after a kill for less than it
+        # costs to keep
+        self.screen = None if screen is None else Judge(_check_screen(screen, target, self.judge.target, self.template),
+                                                        None, max_retries=settings.max_retries,
+                                                        on_failure=settings.on_failure)
+        self.screen_settings = None if screen is None else self.screen.cached.settings()
         self.record_dtype = _record_dtype(settings.n_chains, len(self.template))
         self.checkpoint = None if checkpoint is None else Checkpoint(checkpoint, self.record_dtype)
         self.neighbour_layout = neighbour_layout
@@ -419,7 +480,7 @@ class _Driver:
             mode = "orthorhombic" if settings.ensemble == "npt_orthorhombic" else "isotropic"
             self.cell_moves = hmc.cell_kernel(settings.temperature_K, settings.pressure_GPa, settings.max_log_cell_step, mode)
         self._hmc_kernels: dict = {}
-        self.calls_before = 0  # target calls of earlier segments of a resumed run
+        self.before: dict = {}  # counters of earlier segments of a resumed run (see _judge_counters)
 
     # ---- start / resume
 
@@ -436,6 +497,9 @@ class _Driver:
             diff = state.settings.differences(s)
             if diff:
                 raise ValueError(f"checkpoint was written with other settings (saved, now): {diff}")
+            if state.screen_settings != self.screen_settings:
+                raise ValueError(f"checkpoint was written with another delayed-acceptance screen (saved, now): "
+                                 f"({state.screen_settings}, {self.screen_settings})")
             chains = hmc.ChainState(*(jnp.asarray(a) for a in state.chains))
             state = state.replace(chains=chains, settings=s)
         else:
@@ -443,19 +507,41 @@ class _Driver:
             if verdict.failed.any():
                 raise ValueError(f"the target could not evaluate the start structure of chain(s) "
                                  f"{np.flatnonzero(verdict.failed).tolist()}")
+            screen_energies = None
+            if self.screen is not None:
+                cheap = self.screen([a.copy() for a in self.starts], list(range(s.n_chains)))
+                if cheap.failed.any():
+                    raise ValueError(f"the screen could not evaluate the start structure of chain(s) "
+                                     f"{np.flatnonzero(cheap.failed).tolist()}")
+                screen_energies = cheap.energies_eV
             x0 = np.stack([a.positions for a in self.starts])
             c0 = np.stack([a.cell.array for a in self.starts])
-            chains = hmc.init(x0, c0, verdict.energies_eV, s.seed)
+            chains = hmc.init(x0, c0, verdict.energies_eV, s.seed, screen_energies)
             state = DriverState(
                 version=_CHECKPOINT_VERSION, settings=s, proposal_hash=self.phash, chains=chains,
                 adaptation=self.adaptation.init(s.timestep_fs, s.trajectory_steps), timestep_fs=s.timestep_fs,
                 trajectory_steps=s.trajectory_steps, layout=self._initial_layout(x0, c0), n_warmup=0, n_burn_in=0,
                 n_recorded=0, keys=verdict.keys, n_judged=len(set(verdict.keys.tolist())),
-                n_target_calls=self.judge.n_target_calls, n_failed=0, n_reallocations=0,
-                divergent=np.zeros(s.n_chains, np.int64))
+                n_target_calls=0, n_failed=0, n_reallocations=0,
+                divergent=np.zeros(s.n_chains, np.int64), screen_settings=self.screen_settings)
+            state = state.replace(**self._judge_values())
             records = []
-        self.calls_before = state.n_target_calls - self.judge.n_target_calls
+        self.before = {name: getattr(state, name) - value for name, value in self._judge_values().items()}
+        state = self._judge_counters(state)
         return state.replace(chains=shard_chains(state.chains, s.n_chains)), records
+
+    def _judge_values(self) -> dict:
+        """This process's judge counters, by DriverState field."""
+        out = dict(n_target_calls=self.judge.n_target_calls, target_wall_s=self.judge.wall_s,
+                   target_cpu_s=self.judge.cpu_s)
+        if self.screen is not None:
+            out.update(n_screen_calls=self.screen.n_target_calls, screen_wall_s=self.screen.wall_s,
+                       screen_cpu_s=self.screen.cpu_s)
+        return out
+
+    def _judge_counters(self, state: DriverState) -> DriverState:
+        """``state`` with the judges' counters: earlier segments' plus this process's."""
+        return state.replace(**{name: self.before.get(name, 0) + v for name, v in self._judge_values().items()})
 
     def _initial_layout(self, x0, c0):
         if self.neighbour_layout is not None:
@@ -540,6 +626,14 @@ class _Driver:
         n_new = len(set(keys[idx].tolist())) if idx.size else 0
         return energies, keys, n_new
 
+    def screen_configurations(self, positions, cells, mask: np.ndarray) -> np.ndarray:
+        """The screen's energies (eV) of the proposals where ``mask`` (+inf elsewhere or failed)."""
+        idx = np.flatnonzero(mask)
+        energies = np.full(self.settings.n_chains, np.inf)
+        if idx.size:
+            energies[idx] = self.screen([self._atoms(positions[i], cells[i]) for i in idx], idx.tolist()).energies_eV
+        return energies
+
     def _atoms(self, positions, cell):
         a = self.template.copy()
         a.calc = None
@@ -564,13 +658,22 @@ class _Driver:
             positions, cells = np.asarray(prop.positions), np.asarray(chains.cell)
             ml_error = np.where(judged, np.asarray(prop.ml_energy_error), np.nan)
             state = state.replace(divergent=state.divergent + np.asarray(prop.divergent))
-        energies, keys, n_new = self.judge_configurations(state, positions, cells, judged)
         kernel = self.cell_moves if cell_move else self._hmc_kernel(state.layout)
-        chains, info = kernel.accept(chains, prop, energies)
+        screening = None
+        if self.screen is not None:  # delayed acceptance: stage one on the screen's energies
+            screening = kernel.screen(chains, prop, self.screen_configurations(positions, cells, judged))
+            passed = np.asarray(screening.passed)
+            state = state.replace(n_screen_rejected=state.n_screen_rejected + int(np.sum(judged & ~passed)),
+                                  n_stage_two=state.n_stage_two + int(np.sum(passed)))
+            judged = passed
+        energies, keys, n_new = self.judge_configurations(state, positions, cells, judged)
+        chains, info = kernel.accept(chains, prop, energies, screening)
         accepted = np.asarray(info.accepted)
+        if screening is not None:
+            state = state.replace(n_stage_two_accepted=state.n_stage_two_accepted + int(accepted.sum()))
+        state = self._judge_counters(state)
         state = state.replace(chains=chains, keys=np.where(accepted, keys, state.keys).astype(str),
-                              n_judged=state.n_judged + n_new, n_failed=self.judge.n_failed,
-                              n_target_calls=self.calls_before + self.judge.n_target_calls)
+                              n_judged=state.n_judged + n_new, n_failed=self.judge.n_failed)
         phase, _ = self.phase(state)
         if phase == "warmup":
             return self._end_warmup_step(state, cell_move, info, ml_error), None
@@ -587,9 +690,10 @@ class _Driver:
     def _end_warmup_step(self, state, cell_move, info, ml_error) -> DriverState:
         adaptation = state.adaptation
         if not cell_move:
-            t = self.settings.temperature_K
-            a = float(np.mean(np.asarray(hmc.acceptance_probability(np.asarray(info.delta_H), t))))
-            a_ml = float(np.mean(np.asarray(hmc.acceptance_probability(ml_error, t))))
+            # the Metropolis probability of the move: with a screen 1[stage one] a2, whose mean
+            # estimates the two-stage acceptance without a target call for the stage-one rejections
+            a = float(np.mean(np.asarray(info.probability)))
+            a_ml = float(np.mean(np.asarray(hmc.acceptance_probability(ml_error, self.settings.temperature_K))))
             adaptation = self.adaptation.update(adaptation, a, a_ml)
         state = state.replace(adaptation=adaptation, n_warmup=state.n_warmup + 1)
         if state.n_warmup == self.settings.warmup_steps:
@@ -641,13 +745,47 @@ class _Driver:
             max_neighbours=None if state.layout is None else state.layout.max_neighbours,
             n_judged=int(state.n_judged), n_target_calls=int(state.n_target_calls),
             n_from_store=int(self.judge.n_from_store), n_failed=int(state.n_failed),
-            divergent_trajectories=state.divergent.copy())
+            divergent_trajectories=state.divergent.copy(), target_wall_s=float(state.target_wall_s),
+            target_cpu_s=float(state.target_cpu_s), screened=self.screen is not None,
+            n_screen_calls=int(state.n_screen_calls), n_screen_rejected=int(state.n_screen_rejected),
+            n_stage_two=int(state.n_stage_two), n_stage_two_accepted=int(state.n_stage_two_accepted),
+            screen_wall_s=float(state.screen_wall_s), screen_cpu_s=float(state.screen_cpu_s))
         return SampleResult(
             positions=positions, cells=cells, target_energies=energies, accepted=accepted,
             acceptance_rate=accepted.mean(1), hmc_acceptance_rate=accepted[:, move == 0].mean(1),
             cell_acceptance_rate=accepted[:, move == 1].mean(1) if self.cell_moves else None,
             store_keys=np.char.decode(t(rec["keys"]), "ascii"), atomic_numbers=self.numbers.copy(),
             pbc=self.pbc.copy(), diagnostics=diag, proposal_hash=self.phash)
+
+
+def _check_screen(screen, target, target_as_target, template):
+    """The delayed-acceptance screen as a Target, checked against the system and the target.
+
+    ValueError: the screen is the target object itself (stage one would cost what it saves), its
+    declared species do not cover the system, or its declared periodicity excludes the system or
+    differs from the target's (``targets.base.declared_periodic``). A warning: a distinct screen
+    object with the target's settings (the same method computed twice; plain functions excepted,
+    whose settings are only their names).
+    """
+    from slhmc_jax.targets.base import as_target, check_evaluable, declared_periodic
+
+    if screen is target or screen is target_as_target:
+        raise ValueError("screen is the target itself: delayed acceptance needs a cheaper energy than the target "
+                         "(every proposal would be evaluated twice at the target's cost)")
+    try:
+        screened = as_target(screen)
+    except TypeError as err:
+        raise ValueError(f"screen: {err}") from None
+    check_evaluable(screened, template, role="screen")
+    p_screen, p_target = declared_periodic(screened), declared_periodic(target_as_target)
+    if p_screen is not None and p_target is not None and p_screen != p_target:
+        raise ValueError(f"the screen is {'periodic' if p_screen else 'molecular'} but the target is "
+                         f"{'periodic' if p_target else 'molecular'}: they must evaluate the same kind of system")
+    settings = screened.settings()
+    if settings == target_as_target.settings() and settings.get("method") != "callable":
+        warnings.warn(f"the screen has the same settings as the target ({settings}): if it computes the same "
+                      f"energy, delayed acceptance only adds cost", RuntimeWarning, stacklevel=4)
+    return screened
 
 
 def _start_structures(atoms, n_chains: int) -> list:
@@ -685,7 +823,7 @@ def _load_proposal(proposal):
 
 
 def sample(atoms, proposal, target, *, settings: SamplerSettings | None = None, store=None, labels: str = "energy",
-           checkpoint=None, progress: bool = True, neighbour_layout=None, **setting_values) -> SampleResult:
+           checkpoint=None, progress: bool = True, neighbour_layout=None, screen=None, **setting_values) -> SampleResult:
     """Run ``n_chains`` SLHMC chains for ``n_steps`` recorded Metropolis steps each.
 
     Each step: one compiled call proposes for all chains (Maxwell-Boltzmann momenta, velocity
@@ -720,12 +858,26 @@ def sample(atoms, proposal, target, *, settings: SamplerSettings | None = None, 
         neighbour_layout: a ``neighbours.NeighbourLayout`` to start from (default: allocated from
             the start structures with ``skin_A``, in the dense per-atom format for models that
             prefer it); it grows on overflow like the default one.
+        screen: a cheap energy for delayed acceptance (Christen & Fox 2005; derivation in
+            :mod:`slhmc_jax.hmc`), anything ``target`` may be (a Target, an ASE calculator, a
+            callable): stage one accepts with min(1, exp(-beta [E_c' + K' - E_c - K])) (cell
+            moves: min(1, J exp(-beta [E_c' + P V' - E_c - P V]))) and only the proposals that pass
+            go to ``target``, which accepts them with min(1, exp(-beta [(E_t' - E_t) - (E_c' - E_c)])).
+            The chains still sample exp(-E_target/kT) exactly, whatever the screen; a screen close
+            to the target saves the target evaluations of the moves it rejects. Each step costs one
+            screen call per non-divergent proposal (the current states' screen energies are kept in
+            the chain state and the checkpoint; the start structures cost one call each). Its
+            results are not put in the label store (that holds target labels only). Failures
+            follow ``on_failure`` like the target's ("reject": stage one rejects the proposal).
+            Counters and timings: :class:`SamplerDiagnostics` (``n_screen_rejected``,
+            ``target_calls_saved_fraction``, ``stage_two_acceptance``, ``target_cpu_s``, ...).
 
     Warm-up and burn-in: see :mod:`slhmc_jax.adaptation` and :class:`SamplerSettings`.
 
     Raises:
-        ValueError: bad settings or inputs (before anything is compiled), or a start structure
-            the target cannot evaluate.
+        ValueError: bad settings or inputs (before anything is compiled), a start structure
+            the target (or the screen) cannot evaluate, or a screen that is the target itself or
+            declares species or periodicity that do not fit the system or the target.
     """
     if settings is None:
         try:
@@ -734,7 +886,7 @@ def sample(atoms, proposal, target, *, settings: SamplerSettings | None = None, 
             raise ValueError(f"bad sampler settings: {err}") from None
     elif setting_values:
         raise ValueError(f"give settings= or the setting keywords, not both (got {sorted(setting_values)})")
-    driver = _Driver(atoms, proposal, target, settings, store, labels, checkpoint, neighbour_layout)
+    driver = _Driver(atoms, proposal, target, settings, store, labels, checkpoint, neighbour_layout, screen)
     state, records = driver.start()
     from tqdm.auto import tqdm
 

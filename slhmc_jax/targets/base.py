@@ -238,6 +238,41 @@ def as_target(obj) -> Target:
                     f"got {type(obj).__name__}")
 
 
+def declared_species(target) -> tuple[int, ...] | None:
+    """The atomic numbers a target declares it can evaluate (an optional ``atomic_numbers``
+    attribute, e.g. :class:`PotentialTarget`'s species table), or None: any element."""
+    z = getattr(target, "atomic_numbers", None)
+    return None if z is None else tuple(int(v) for v in z)
+
+
+def declared_periodic(target) -> bool | None:
+    """What a target declares about periodicity (an optional ``periodic`` attribute): True, it
+    evaluates fully periodic cells only; False, molecules (no periodic direction) only; None, it
+    follows each configuration's pbc (PySCFTarget without periodic-only settings, ASE calculators,
+    plain functions)."""
+    p = getattr(target, "periodic", None)
+    return None if p is None else bool(p)
+
+
+def check_evaluable(target, atoms, role: str = "target") -> None:
+    """ValueError, before anything runs, when a target's declared species or periodicity exclude
+    ``atoms`` (what it cannot say is found by its first evaluation instead)."""
+    from ase.data import chemical_symbols
+
+    table = declared_species(target)
+    if table is not None:
+        missing = sorted({int(z) for z in atoms.numbers} - set(table))
+        if missing:
+            raise ValueError(f"the {role} cannot evaluate this system: element(s) "
+                             f"{[chemical_symbols[z] for z in missing]} are not in its species table "
+                             f"{[chemical_symbols[z] for z in table]}")
+    periodic = declared_periodic(target)
+    pbc = [bool(v) for v in atoms.pbc]
+    if periodic is not None and periodic != all(pbc) or (periodic is False and any(pbc)):
+        raise ValueError(f"the {role} evaluates {'periodic cells' if periodic else 'molecules'} only; "
+                         f"the system has pbc={pbc}")
+
+
 def with_forces(target: Target) -> Target:
     """``target`` computing forces too (itself if it already does)."""
     if getattr(target, "compute_forces", False):

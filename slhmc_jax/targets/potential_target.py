@@ -40,6 +40,11 @@ class PotentialTarget:
             lambda params, x, c, z, nbrs: properties(potential, params, x, c, z, nbrs, compute_stress=True),
             in_axes=(None, 0, 0, None, 0)))
 
+    @property
+    def atomic_numbers(self):
+        """The potential's species table (None: any element); see ``targets.base.declared_species``."""
+        return getattr(self.potential, "atomic_numbers", None)
+
     def settings(self) -> dict:
         return {"method": "potential", "type": type(self.potential).__name__, "params_sha256": self._hash,
                 "cutoff": self.potential.cutoff}

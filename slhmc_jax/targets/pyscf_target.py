@@ -247,6 +247,13 @@ class PySCFTarget(SingleEvaluationTarget):
             raise ValueError("device='gpu' but gpu4pyscf/cupy or a CUDA device is not available; use device='auto' or 'cpu'")
         return ok
 
+    @property
+    def periodic(self) -> bool | None:
+        """True when a setting only a periodic cell has is given (kpts, compute_stress, multigrid);
+        else None: molecular or periodic as each configuration's pbc says
+        (``targets.base.declared_periodic``)."""
+        return True if (self.kpts is not None or self.compute_stress or self.multigrid) else None
+
     @classmethod
     def preset(cls, name: str, **kwargs) -> "PySCFTarget":
         """PySCFTarget with a named functional preset ('pbe', 'r2scan', 'hse06')."""
