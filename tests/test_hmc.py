@@ -87,3 +87,73 @@ def test_morse_dimer_bond_length_distribution_ks():
     assert mcmc_diagnostics(r_chains, np.ones(r_chains.shape, bool)).observables["value"].ess > 2000
     assert p_ok > 0.01, p_ok
     assert p_wrong < 1e-6, p_wrong
+
+
+# ---- delayed acceptance (Christen & Fox 2005): a wrong screen, a wrong proposal, the exact target
+
+
+def _run_screened(potential, target_fn, screen_fn, x0, masses, n_chains, n_iter, n_traj, dt, seed=0):
+    """Like _run, with stage one on ``screen_fn``; the target is evaluated only where stage one passed."""
+    cells = jnp.broadcast_to(jnp.eye(3) * 20.0, (n_chains, 3, 3))
+    z = jnp.ones(x0.shape[0], jnp.int32)
+    xs = jnp.broadcast_to(x0, (n_chains,) + x0.shape[-2:])  # x0: one start, or one per chain
+    states = hmc.init(xs, cells, jax.vmap(target_fn)(xs), seed, jax.vmap(screen_fn)(xs))
+    kernel = hmc.hmc_kernel(potential, z, masses, T)
+
+    @jax.jit
+    def step(states):
+        prop = kernel.propose(states, None, dt, n_traj)
+        screening = kernel.screen(states, prop, jax.vmap(screen_fn)(prop.positions))
+        e_t = jnp.where(screening.passed, jax.vmap(target_fn)(prop.positions), jnp.inf)  # no call where rejected
+        states, info = kernel.accept(states, prop, e_t, screening)
+        return states, (screening.passed, info.accepted)
+
+    out, passed, accepted = [], 0, 0
+    for _ in range(n_iter):
+        states, (p, a) = step(states)
+        out.append(np.asarray(states.positions))
+        passed, accepted = passed + np.asarray(p), accepted + np.asarray(a)
+        assert not np.any(np.asarray(a) & ~np.asarray(p))  # stage two only sees what passed stage one
+    return np.stack(out, 1), passed / n_iter, accepted / n_iter, states
+
+
+@pytest.mark.parametrize("screen", ["stiff", "shifted"])
+def test_delayed_acceptance_with_a_wrong_screen_samples_the_target_exactly(screen):
+    """Target k = 2 eV/A^2, proposal k = 2.5, screen 3x too stiff (k = 6) or with its minimum shifted by
+    ~1 thermal width: the coordinate marginal is N(0, kT/k_target) (KS, variance within its error bar)."""
+    k_target, k_prop = 2.0, 2.5
+    n_atoms = 1
+    sigma2 = KT / k_target
+    # start in the target distribution (no burn-in question): stationarity is what is tested
+    x0 = jax.random.normal(jax.random.PRNGKey(5), (2048, n_atoms, 3)) * np.sqrt(sigma2)
+    masses = jnp.full(n_atoms, 12.0)
+    screen_fn = _harmonic(6.0) if screen == "stiff" else (lambda x, *a: 0.5 * k_target * jnp.sum((x - 0.1) ** 2))
+    samples, passed, acc, states = _run_screened(FunctionPotential(_harmonic(k_prop)), _harmonic(k_target), screen_fn,
+                                                 x0, masses, 2048, 150, 35, 1.0, seed=3)
+    assert 0.1 < passed.mean() < 0.9 and 0.1 < acc.mean() < passed.mean()  # both stages reject something
+    # the cached screen energies are those of the current states
+    np.testing.assert_allclose(np.asarray(states.screen_energy), np.asarray(jax.vmap(screen_fn)(states.positions)),
+                               rtol=1e-12, atol=1e-12)
+    # 35 fs is a quarter period of the proposal's spring (omega = 0.045 rad/fs): x' ~ p, nearly independent
+    x = samples[:, 29::30, 0, 0]  # one coordinate, every 30th step: (2048, 5), the chains independent
+    ess = mcmc_diagnostics(x, np.ones(x.shape, bool)).observables["value"].ess
+    assert ess > 2000, ess
+    assert stats.kstest(x.ravel(), stats.norm(0, np.sqrt(sigma2)).cdf).pvalue > 0.01
+    # variance of all coordinates against its error bar: se(<x^2>) = sigma^2 sqrt(2 / ESS)
+    x2 = (samples ** 2).mean(axis=(2, 3))
+    ess_x2 = mcmc_diagnostics(x2, np.ones(x2.shape, bool)).observables["value"].ess * n_atoms * 3
+    var = float(x2.mean())
+    assert abs(var - sigma2) < 4 * sigma2 * np.sqrt(2 / ess_x2), (var, sigma2, ess_x2)
+    # not vacuous: stage one alone would sample the screen, measurably off
+    wrong_var = KT / 6.0 if screen == "stiff" else sigma2 + 0.1**2
+    assert abs(var - wrong_var) > 0.2 * sigma2
+
+
+def test_delayed_acceptance_without_a_screen_change_is_the_one_stage_chain():
+    """A screen equal to the target: stage two always accepts what stage one passed (a2 = 1 up to
+    rounding), and the chain is the one-stage chain's in law; here its key stream: same momenta."""
+    x0 = jnp.zeros((2, 3))
+    masses = jnp.full(2, 12.0)
+    target = _harmonic(2.0)
+    _, passed, acc, _ = _run_screened(FunctionPotential(_harmonic(5.0)), target, target, x0, masses, 64, 40, 10, 1.0)
+    np.testing.assert_allclose(passed, acc)
