@@ -367,3 +367,58 @@ def test_a_too_large_timestep_neither_grows_the_neighbour_slots_nor_calls_the_ta
     assert d.neighbour_reallocations == 0 and d.max_neighbours == layout.max_neighbours
     judged = np.isfinite(d.ml_energy_error_eV)
     assert target.n == 1 + judged.sum()
+
+
+# ---- delayed acceptance: sample(..., screen=)
+
+
+def test_a_screen_saves_target_calls_and_counts_them():
+    """Same seed and settings, with and without a (wrong: 10% too stiff) screen: the screened run
+    calls the target less, and the counters add up."""
+    plain, screened = _CountingTarget(_target(2.0)), _CountingTarget(_target(2.0))
+    cheap = _CountingTarget(_target(2.2))
+    kw = dict(n_chains=16, n_steps=24, seed=5)
+    r0 = _run(target=plain, **kw)
+    r1 = _run(target=screened, screen=cheap, **kw)
+    d0, d1 = r0.diagnostics, r1.diagnostics
+    assert screened.n < plain.n
+    assert screened.n == d1.n_target_calls == 1 + d1.n_stage_two  # the start, then only what passed stage one
+    assert cheap.n == d1.n_screen_calls == 1 + d1.n_screen_rejected + d1.n_stage_two
+    assert d1.n_screen_rejected == plain.n - screened.n and d1.target_calls_saved_fraction > 0.1
+    assert 0 < d1.stage_two_acceptance <= 1 and d1.screened and not d0.screened
+    assert d1.n_stage_two_accepted >= r1.accepted.sum()  # warm-up/burn-in accepts are counted too
+    assert d0.n_screen_calls == 0 and d0.target_calls_saved_fraction == 0.0
+    assert d1.target_cpu_s > 0 and d1.target_wall_s > 0 and d1.screen_wall_s > 0
+    assert 0.2 < d1.acceptance < 1 and r1.accepted.dtype == bool
+
+
+def test_screen_bad_inputs_are_clear_errors():
+    from slhmc_jax.models import registry
+    from slhmc_jax.targets import PotentialTarget, PySCFTarget
+
+    target = _target(2.0)
+    with pytest.raises(ValueError, match="screen is the target itself"):
+        _run(target=target, screen=target, n_chains=4, n_steps=2)
+    lj = registry.build("lennard_jones", (18,), epsilon_eV=0.01, sigma_A=3.4, cutoff_A=5.0)
+    with pytest.raises(ValueError, match=r"screen cannot evaluate this system: element\(s\) \['C'\]"):
+        _run(screen=PotentialTarget(lj), n_chains=4, n_steps=2)
+    with pytest.raises(ValueError, match="screen evaluates periodic cells only"):  # the system is a molecule
+        _run(screen=PySCFTarget("pbe", kpts=(2, 2, 2)), n_chains=4, n_steps=2)
+    with pytest.raises(ValueError, match="screen: target must be"):
+        _run(screen=42, n_chains=4, n_steps=2)
+    with pytest.raises(ValueError, match="screen could not evaluate the start structure"):
+        _run(screen=lambda al: [float("nan")] * len(al), n_chains=4, n_steps=2, on_failure="reject", max_retries=0)
+
+
+def test_screen_and_target_periodicity_must_agree():
+    from slhmc_jax.sampling import _check_screen
+    from slhmc_jax.targets import PySCFTarget, as_target
+
+    atoms = _atoms()
+    atoms.pbc = True
+    periodic, molecular = PySCFTarget("pbe", kpts=(1, 1, 1)), as_target(_target(2.0))
+    molecular.periodic = False
+    with pytest.raises(ValueError, match="screen is periodic but the target is molecular"):
+        _check_screen(periodic, molecular, molecular, atoms)
+    with pytest.warns(RuntimeWarning, match="same settings"):
+        _check_screen(PySCFTarget("pbe"), PySCFTarget("pbe"), PySCFTarget("pbe"), _atoms())
