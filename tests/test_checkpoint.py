@@ -39,12 +39,17 @@ def make_target(kill_at_call=None, sleep_s=0.0):
     return target
 
 
-def run(checkpoint=None, ensemble="nvt", kill_at_call=None, sleep_s=0.0):
+def screen(atoms_list):  # a deliberately wrong cheap energy for delayed acceptance
+    return [1.2 * (np.linalg.norm(a.positions[1] - a.positions[0]) - 1.15) ** 2
+            + 1.0 * (np.linalg.norm(a.positions[2] - a.positions[0]) - 1.3) ** 2 for a in atoms_list]
+
+
+def run(checkpoint=None, ensemble="nvt", kill_at_call=None, sleep_s=0.0, screened=False, n_steps=16):
     atoms = ase.Atoms("COH", positions=X0 + 2.0, cell=np.eye(3) * 6.0, pbc=ensemble != "nvt")
     kw = dict(pressure_GPa=1.0, max_log_cell_step=0.05) if ensemble != "nvt" else {}
     return slhmc_jax.sample(atoms, PROPOSAL, make_target(kill_at_call, sleep_s), temperature_K=500.0, n_chains=8,
-                            n_steps=16, trajectory_steps=5, timestep_fs=1.0, seed=3, checkpoint=checkpoint,
-                            warmup_steps=6, ensemble=ensemble, progress=False, **kw)
+                            n_steps=n_steps, trajectory_steps=5, timestep_fs=1.0, seed=3, checkpoint=checkpoint,
+                            warmup_steps=6, ensemble=ensemble, progress=False, screen=screen if screened else None, **kw)
 
 
 if __name__ == "__main__":
@@ -130,6 +135,22 @@ def test_sigkill_at_any_instant_of_npt_production_then_resume_is_bit_identical(s
     n_atoms, n_chains = 3, 8
     record_bytes = os.path.getsize(str(ck) + ".records") / 16
     assert record_bytes < 2 * 8 * n_chains * (n_atoms * 3 + 9 + 4) + 64
+
+
+def test_screened_npt_run_extended_from_its_checkpoint_is_bit_identical(script, tmp_path):
+    """Delayed acceptance (HMC and cell moves screened): 8 steps, then resumed to 16 from the
+    checkpoint (screen energies and stage keys restored), equals 16 steps in one go."""
+    _, mod = script
+    ck = str(tmp_path / "screened.ckpt")
+    mod.run(ck, "npt", screened=True, n_steps=8)
+    resumed = mod.run(ck, "npt", screened=True)
+    ref = mod.run(None, "npt", screened=True)
+    _assert_identical(resumed, ref)
+    d, r = resumed.diagnostics, ref.diagnostics
+    assert d.n_screen_rejected == r.n_screen_rejected > 0 and d.n_stage_two == r.n_stage_two
+    assert d.n_target_calls == r.n_target_calls and d.n_screen_calls == r.n_screen_calls
+    with pytest.raises(ValueError, match="another delayed-acceptance screen"):
+        mod.run(ck, "npt", screened=False)
 
 
 def test_resume_refuses_other_settings(script, tmp_path):
