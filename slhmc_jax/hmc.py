@@ -320,7 +320,8 @@ def propose_cell(states: ChainState, max_log_step, mode: str = "isotropic") -> C
     Follows the NPT SLHMC scheme of Kobayashi et al., JCP 155, 034106 (2021): the SLHMC
     (fixed-cell) moves alternate with cell moves that scale all positions at fixed fractional
     coordinates; each move leaves the NPT distribution invariant, so their alternation does too.
-    Every cell move is judged by the target energy alone.
+    Every cell move is decided by the target energy alone (with a delayed-acceptance screen the
+    screen first filters which moves reach the target: see the module docstring).
 
     Derivation. The isothermal-isobaric distribution of N atoms in a cell h (rows are lattice
     vectors, V = |det h|) is
