@@ -25,7 +25,11 @@ Search methods:
   planes). Exact for cells much smaller than the cutoff and for non-periodic directions.
   O(N^2 n_images).
 - ``"cells"``: a cell list on fractional coordinates (fully periodic cells at least one search
-  radius wide in every direction): O(N).
+  radius wide in every direction): O(N). On the CPU backend a compiled kernel
+  (:mod:`kernels.cell_list_cpu`, Numba behind ``jax.pure_callback``) runs it, walking each of
+  the 27 neighbouring bins once per atom and writing each pair once; the pure-jnp version
+  (:func:`_build_cells_jnp`, candidate tables of 27 x bin_capacity slots compacted with
+  ``nonzero``) is its tested reference and the GPU path. :func:`cells_kernel` selects.
 
 Formats:
 
@@ -44,6 +48,7 @@ import dataclasses
 import functools
 import itertools
 import math
+import os
 from typing import NamedTuple
 
 import jax
@@ -107,6 +112,8 @@ class NeighbourLayout:
         bin_capacity: cells search: maximum atoms per bin.
         max_neighbours: K of the dense per-atom format (pairs per receiving atom), or None for
             the pair format.
+        kernel: cells search implementation: "auto" (:func:`cells_kernel` decides), "numba"
+            (the compiled CPU kernel) or "jnp" (the pure-jnp reference).
     """
 
     n_atoms: int
@@ -119,6 +126,7 @@ class NeighbourLayout:
     grid: tuple[int, int, int] = (1, 1, 1)
     bin_capacity: int = 0
     max_neighbours: int | None = None
+    kernel: str = "auto"
 
     @property
     def search_radius(self) -> float:
@@ -398,9 +406,94 @@ def _bin_stencil(grid: tuple[int, int, int]):
     return nb_id.astype(np.int32), shift.astype(np.int32)
 
 
+def cells_kernel(requested: str = "auto") -> str:
+    """The implementation of the "cells" search that :func:`build` runs: "numba" or "jnp".
+
+    "auto": "numba" (:mod:`kernels.cell_list_cpu`, through ``jax.pure_callback``) on the CPU
+    backend when Numba imports, "jnp" (:func:`_build_cells_jnp`, its tested reference) elsewhere
+    (GPU); ``SLHMC_JAX_KERNELS=jnp`` in the environment forces the pure-jnp path. Read at trace
+    time. Measured (benchmarks/neighbours.py, 2-core CPU): the kernel builds 576 / 4608 rutile
+    atoms at 6 A in about 0.6x / 0.5x vesin's time, the pure-jnp cells search in about 25x.
+    """
+    if requested not in ("auto", "numba", "jnp"):
+        raise ValueError(f"unknown cells kernel {requested!r}; expected 'auto', 'numba' or 'jnp'")
+    if requested == "jnp":
+        return "jnp"
+    if requested == "numba":
+        from kernels import cell_list_cpu
+
+        if not cell_list_cpu.AVAILABLE:
+            raise ImportError("kernel='numba' needs numba (pip install numba)")
+        return "numba"
+    if os.environ.get("SLHMC_JAX_KERNELS", "auto") == "jnp" or jax.default_backend() != "cpu":
+        return "jnp"
+    try:
+        from kernels import cell_list_cpu
+    except ImportError:
+        return "jnp"
+    return "numba" if cell_list_cpu.AVAILABLE else "jnp"
+
+
 def _build_cells(layout: NeighbourLayout, positions, cell, n_valid=None, radius=None) -> Neighbours:
-    """Cell-list search; ``n_valid`` (traced int) marks atoms >= n_valid as padding; ``radius``
-    (traced, A) replaces ``layout.search_radius`` so that one compiled search serves many cutoffs."""
+    """Cell-list search with the implementation :func:`cells_kernel` selects (pair or dense format)."""
+    if cells_kernel(layout.kernel) == "numba":
+        return _build_cells_numba(layout, positions, cell, n_valid, radius)
+    flat = _build_cells_jnp(layout, positions, cell, n_valid, radius)
+    if layout.max_neighbours is None:
+        return flat
+    return _to_dense(flat, layout.n_atoms, layout.max_neighbours)
+
+
+def _build_cells_numba(layout: NeighbourLayout, positions, cell, n_valid=None, radius=None) -> Neighbours:
+    """The cell list as a compiled CPU kernel (:func:`kernels.cell_list_cpu.search`).
+
+    Same pairs as :func:`_build_cells_jnp` (receiver-major order, shifts in the module's
+    convention), written straight into the pair or dense format. A bin never truncates here
+    (the kernel walks each bin's atoms), so only the pair capacity, the dense slots and a cell
+    too thin for its grid raise ``overflow``. No gradient flows through the integer outputs.
+    """
+    from kernels import cell_list_cpu
+
+    n, cap, K = layout.n_atoms, layout.capacity, layout.max_neighbours
+    radius = layout.search_radius if radius is None else radius
+    n_valid = n if n_valid is None else n_valid
+    slots = (n, K) if K is not None else (cap,)
+    out_types = (
+        jax.ShapeDtypeStruct(slots, jnp.int32),
+        jax.ShapeDtypeStruct(slots, jnp.int32),
+        jax.ShapeDtypeStruct(slots + (3,), jnp.int32),
+        jax.ShapeDtypeStruct(slots, jnp.bool_),
+        jax.ShapeDtypeStruct((), jnp.int32),
+        jax.ShapeDtypeStruct((), jnp.int32),
+        jax.ShapeDtypeStruct((), jnp.int32),
+    )
+    search = functools.partial(cell_list_cpu.search, grid=layout.grid, bin_capacity=layout.bin_capacity,
+                               capacity=cap, max_neighbours=K)
+    x, h = jax.lax.stop_gradient(positions), jax.lax.stop_gradient(cell)
+    senders, receivers, shifts, mask, n_pairs, per_atom, _ = jax.pure_callback(
+        search, out_types, x, h, jnp.asarray(radius, positions.dtype), jnp.asarray(n_valid, jnp.int32),
+        vmap_method="broadcast_all",
+    )
+    widths = plane_widths(cell)
+    bins_too_thin = jnp.any(widths / jnp.asarray(layout.grid) < radius)
+    too_many = (per_atom > K) if K is not None else (n_pairs > cap)
+    return Neighbours(
+        senders=senders,
+        receivers=receivers,
+        shifts=shifts,
+        mask=mask,
+        n_pairs=n_pairs,
+        max_per_atom=per_atom,
+        overflow=too_many | bins_too_thin,
+        reference_positions=positions,
+        reference_cell=cell,
+    )
+
+
+def _build_cells_jnp(layout: NeighbourLayout, positions, cell, n_valid=None, radius=None) -> Neighbours:
+    """Cell-list search in pure jnp (pair format); ``n_valid`` (traced int) marks atoms >= n_valid
+    as padding; ``radius`` (traced, A) replaces ``layout.search_radius`` so that one compiled
+    search serves many cutoffs."""
     n, cap, bcap = layout.n_atoms, layout.capacity, layout.bin_capacity
     gx, gy, gz = layout.grid
     n_bins = gx * gy * gz
@@ -473,7 +566,7 @@ def build(layout: NeighbourLayout, positions: jax.Array, cell: jax.Array) -> Nei
     if layout.n_atoms == 0 or layout.capacity == 0:
         flat = _empty(layout, positions, cell)
     elif layout.method == "cells":
-        flat = _build_cells(layout, positions, cell)
+        return _build_cells(layout, positions, cell)  # pair or dense format, as the layout says
     else:
         flat = _build_brute(layout, positions, cell)
     if layout.max_neighbours is None or layout.n_atoms == 0:
@@ -585,8 +678,10 @@ def _choose_layout(positions, cell, pbc, cutoff, skin, method, capacity, bin_cap
     # images even for 1 or 2 bins along a direction, so any cell at least `radius` wide works
     can_bin = all(pbc) and radius > 0 and min(widths) >= radius
     if method == "auto":
-        # the cell list pays once the all-pairs search is several times the binned one
-        method = "cells" if can_bin and n > 400 else "brute"
+        # measured (benchmarks/neighbours.py): the compiled CPU cell list beats the all-pairs
+        # search from the smallest cell it can bin (72 rutile atoms at 6 A: 1.4 vs 8.3 ms); the
+        # pure-jnp cell list only once the all-pairs search is several times the binned one
+        method = "cells" if can_bin and (n > 400 or cells_kernel() == "numba") else "brute"
     if method == "cells" and not can_bin:
         raise ValueError(
             "method='cells' needs a fully periodic cell at least one search radius wide in every "
@@ -816,8 +911,9 @@ def neighbour_pairs(atoms, cutoff: float, *, method: str = "auto"):
     Args:
         atoms: ase.Atoms (positions, cell, pbc are used).
         cutoff: Angstrom.
-        method: "auto" (padded brute force up to 1024 atoms, the cell list above where the
-            cell allows it), "brute" or "cells".
+        method: "auto" (the cell list wherever the cell allows it with the compiled CPU
+            kernel; with the pure-jnp one, padded brute force up to 1024 atoms and the cell
+            list above), "brute" or "cells".
 
     Returns:
         (i, j, S): int arrays of shapes (n_pairs,), (n_pairs,), (n_pairs, 3), sorted by
@@ -833,7 +929,7 @@ def neighbour_pairs(atoms, cutoff: float, *, method: str = "auto"):
     full = np.asarray(_completed_cell(jnp.asarray(cell), pbc))
     volume = abs(np.linalg.det(full)) if all(pbc) else _box_volume(positions, full, pbc, cutoff)
     capacity = _estimate_capacity(n, volume, cutoff)
-    if method == "auto" and n <= 1024:
+    if method == "auto" and n <= 1024 and cells_kernel() == "jnp":
         # one-off host queries: the padded brute search (a few shapes shared by all structures up to
         # 1024 atoms, ~1e6 distances per image) beats compiling a cell list for each new grid
         method = "brute"
