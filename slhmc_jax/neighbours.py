@@ -271,6 +271,52 @@ def _to_dense(flat: Neighbours, n_atoms: int, max_neighbours: int) -> Neighbours
 
 
 # ----------------------------------------------------------------------------------------
+# compaction (pure)
+
+_WORD_BITS = 32
+
+
+def _select_bit(words, rank):
+    """Position (0..31) of the rank-th (0-based) set bit of each uint32 word (5 popcount halvings)."""
+    pos = jnp.zeros_like(rank)
+    for width in (16, 8, 4, 2, 1):
+        low = jax.lax.population_count(jnp.right_shift(words, pos.astype(jnp.uint32)) & jnp.uint32((1 << width) - 1))
+        low = low.astype(rank.dtype)
+        go = rank >= low
+        rank = jnp.where(go, rank - low, rank)
+        pos = jnp.where(go, pos + width, pos)
+    return pos
+
+
+def compact_indices(hit: jax.Array, size: int) -> jax.Array:
+    """Indices of the first ``size`` True entries of ``hit`` in order, ``hit.size`` where fewer.
+
+    ``jnp.nonzero(hit, size=size)`` without its scatter over every slot: the mask is packed into
+    32-bit words, a cumulative popcount over the words (32x shorter than the mask) is searched for
+    each output slot k (the word holding the k-th set bit), and the bit inside the word is found by
+    popcount halving. Work: M/32 word sums + size * (log2(M/32) + 5) small-array lookups.
+
+    Args:
+        hit: (M,) bool.
+        size: number of indices to return (static).
+
+    Returns:
+        (size,) int32.
+    """
+    m = hit.shape[0]
+    pad = (-m) % _WORD_BITS
+    bits = jnp.left_shift(jnp.uint32(1), jnp.arange(_WORD_BITS, dtype=jnp.uint32))
+    words = jnp.sum(jnp.pad(hit, (0, pad)).reshape(-1, _WORD_BITS).astype(jnp.uint32) * bits, axis=1, dtype=jnp.uint32)
+    per_word = jax.lax.population_count(words).astype(jnp.int32)
+    ends = jnp.cumsum(per_word)
+    k = jnp.arange(size, dtype=jnp.int32)
+    w = jnp.searchsorted(ends, k, side="right", method="scan").astype(jnp.int32)
+    wc = jnp.minimum(w, words.shape[0] - 1)
+    index = wc * _WORD_BITS + _select_bit(words[wc], k - (ends[wc] - per_word[wc]))
+    return jnp.where(w < words.shape[0], index, m).astype(jnp.int32)
+
+
+# ----------------------------------------------------------------------------------------
 # pure build / update
 
 
@@ -352,28 +398,34 @@ def _brute_search(cap: int, positions, full, periodic, chunks, n_valid, radius) 
         s = chunk[:, :3]
         real = chunk[:, 3] == 1
         t = s.astype(positions.dtype) @ full  # (per_step, 3)
-        d = base[None] + t[:, None, None, :]
-        r2 = jnp.sum(d * d, axis=-1)  # (per_step, n, n)
+        # |x_j - x_i + t|^2 component by component: one fused elementwise pass, no (.., 3) temporary
+        r2 = sum((base[None, :, :, a] + t[:, None, None, a]) ** 2 for a in range(3))  # (per_step, n, n)
         is_zero_shift = jnp.all(s == 0, axis=1)[:, None, None]
-        self_pair = (ii == jj).reshape(per_step, n, n) & is_zero_shift
+        self_pair = jnp.eye(n, dtype=bool)[None] & is_zero_shift
         hit = (r2 < r2max) & ~self_pair & real[:, None, None] & both_ok
         hit = hit.reshape(-1)
-        rank = jnp.cumsum(hit, dtype=jnp.int32) - 1 + count
-        slot = jnp.where(hit & (rank < cap), rank, cap)
-        S = jnp.broadcast_to(s[:, None, None, :], (per_step, n, n, 3)).reshape(-1, 3)
-        S = S - W[jj] + W[ii]
-        senders = senders.at[slot].set(ii, mode="drop")
-        receivers = receivers.at[slot].set(jj, mode="drop")
-        shifts = shifts.at[slot].set(S, mode="drop")
+        # this chunk's pairs, compacted, written after the pairs found so far (the buffers hold
+        # 2 x cap so the write of cap slots at any start <= cap fits; slots past this chunk's
+        # count are padding the next chunk overwrites)
+        found = compact_indices(hit, cap)
+        ok = found < hit.shape[0]
+        f = jnp.minimum(found, hit.shape[0] - 1)
+        i, j = ii[f], jj[f]
+        S = jnp.where(ok[:, None], s[f // (n * n)] - W[j] + W[i], 0)
+        start = (jnp.minimum(count, cap),)
+        senders = jax.lax.dynamic_update_slice(senders, jnp.where(ok, i, n), start)
+        receivers = jax.lax.dynamic_update_slice(receivers, jnp.where(ok, j, n), start)
+        shifts = jax.lax.dynamic_update_slice(shifts, S, start + (jnp.zeros((), jnp.int32),))
         return (senders, receivers, shifts, count + jnp.sum(hit, dtype=jnp.int32)), None
 
     init = (
-        jnp.full((cap,), n, jnp.int32),
-        jnp.full((cap,), n, jnp.int32),
-        jnp.zeros((cap, 3), jnp.int32),
+        jnp.full((2 * cap,), n, jnp.int32),
+        jnp.full((2 * cap,), n, jnp.int32),
+        jnp.zeros((2 * cap, 3), jnp.int32),
         jnp.zeros((), jnp.int32),
     )
     (senders, receivers, shifts, count), _ = jax.lax.scan(step, init, chunks)
+    senders, receivers, shifts = senders[:cap], receivers[:cap], shifts[:cap]
     needed = jnp.ceil(radius / plane_widths(full))
     rows = chunks.reshape(-1, 4)
     searched = jnp.max(jnp.where(rows[:, 3:] == 1, jnp.abs(rows[:, :3]), 0), axis=0)
@@ -527,7 +579,7 @@ def _build_cells_jnp(layout: NeighbourLayout, positions, cell, n_valid=None, rad
     self_pair = (jc == i_idx) & jnp.all(s == 0, axis=-1)
     hit = (valid & (r2 < r2max) & ~self_pair).reshape(-1)
     count = jnp.sum(hit, dtype=jnp.int32)
-    (flat,) = jnp.nonzero(hit, size=cap, fill_value=hit.shape[0])
+    flat = compact_indices(hit, cap)
     real = flat < hit.shape[0]
     flat_c = jnp.minimum(flat, hit.shape[0] - 1)
     senders = jnp.where(real, flat_c // (27 * bcap), n).astype(jnp.int32)
