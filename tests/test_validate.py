@@ -110,6 +110,31 @@ def test_a_wrong_temperature_is_caught_by_the_same_check():
     assert abs(mean_t - 1.0) > 4 * err_t + 0.005
 
 
+def test_batch_means_iat_of_an_ar1_series_and_the_comparison_statistics():
+    """AR(1) x_t = phi x_{t-1} + e_t has tau = (1 + phi) / (1 - phi) (closed form); two independent AR(1)
+    samples of one distribution pass the thinned KS test, a shifted one fails it; ESS is credited at most the draws."""
+    rng = np.random.default_rng(0)
+
+    def ar1(phi, shape, shift=0.0):
+        e = rng.normal(size=shape) * np.sqrt(1 - phi**2)
+        x = np.empty(shape)
+        x[:, 0] = rng.normal(size=shape[0])
+        for t in range(1, shape[1]):
+            x[:, t] = phi * x[:, t - 1] + e[:, t]
+        return x + shift
+
+    phi = 0.8  # tau = 9
+    tau = val.batch_means_iat(ar1(phi, (16, 4000)))
+    assert abs(tau / 9.0 - 1) < 0.2, tau
+    md, same, shifted = ar1(phi, (8, 2000)), ar1(0.0, (8, 300)), ar1(0.0, (8, 300), shift=0.3)
+    c = val.compare_observable(md, same, md_calls=16000, slhmc_calls=2400, n_bootstrap=200)
+    assert c.ks_pvalue > 0.01 and c.wasserstein[1] == 0.0
+    assert abs(c.ratio - (c.ess_slhmc / 2400) / (c.ess_md / 16000)) < 1e-12 and c.ess_slhmc <= 2400
+    assert 8 * 2000 / c.ess_md > 5 and c.n_ks_md < 16000 / 5  # the MD's correlated draws are thinned
+    assert val.compare_observable(md, shifted, 16000, 2400, n_bootstrap=200).ks_pvalue < 1e-3
+    assert val.capped_ess(1500.0, 1000) == 1000.0 and val.capped_ess(50.0, 1000) == 50.0
+
+
 # ----------------------------------------------------------------------------------------
 # the pipeline on an analytic target: SLHMC and direct MD sample the same distribution
 
