@@ -58,13 +58,14 @@ Output (``RUN_DIR``): ``validation.json``, ``validation.md``, ``figures/validati
     wasserstein                 {proposal: {obs: [W1, ci_low, ci_high]}}
     ess, ess_per_target_call, iat_steps, iat_batch_means_steps, means, ks_samples   {sampler: {obs: value}}
     target_calls, acceptance    {sampler: value}
-    runtime_s                   {phase: seconds}; target_seconds {sampler: {wall, cpu}}
+    runtime_s                   {phase: seconds when it ran, total, this_session}; target_seconds {sampler: {wall, cpu}}
     finetune, settings, system  what was run
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -160,6 +161,7 @@ def md_kernel(settings: MDSettings, masses) -> MDKernel:
     decay = ig.langevin_decay(settings.timestep_fs, settings.friction_per_ps) if baoab else \
         jnp.exp(-0.5 * settings.timestep_fs / settings.tau_fs)
 
+    @functools.partial(jax.jit, static_argnums=1)
     def init(key, n_replicas: int):
         keys = jax.random.split(key, n_replicas)
         return jax.vmap(lambda k: ig.maxwell_boltzmann(k, masses, settings.temperature_K))(keys)
@@ -521,7 +523,8 @@ class Validation:
         self.store = LabelStore(self.dir / "labels.sqlite")
         self.target = as_target(target) if target is not None else wf.build_target(dataclasses.replace(self.w.target, dispatch="serial"))
         self.foundation = foundation if foundation is not None else self._load_foundation()
-        self.runtime: dict = {}
+        self.runtime_path = self.dir / "runtime.json"  # seconds of each phase when it ran (a rerun reads them back)
+        self.runtime: dict = json.loads(self.runtime_path.read_text()) if self.runtime_path.exists() else {}
 
     def _load_foundation(self):
         from slhmc_jax.models.foundations import load_foundation
@@ -563,8 +566,11 @@ class Validation:
         R, n = md["energies"].shape
         picks = np.unique(np.linspace(0, R * n - 1, min(self.v.finetune_structures, R * n)).round().astype(int))
         self.finetune_info = {"source": "direct_md", "structures": int(picks.size), "extra_target_calls": 0}
+        info_path = self.dir / "models" / "finetuned.json"
         done = _load_model(self.foundation, stem)
         if done is not None:
+            if info_path.exists():
+                self.finetune_info = json.loads(info_path.read_text())
             return done
         train = []
         for i in picks:
@@ -580,6 +586,7 @@ class Validation:
         first, last = result.history[0], result.history[-1]
         self.finetune_info.update(valid_forces_rmse_eV_A=[first.valid_forces_rmse_eV_A, last.valid_forces_rmse_eV_A],
                                   valid_energy_rmse_eV_atom=[first.valid_energy_rmse_eV_atom, last.valid_energy_rmse_eV_atom])
+        _write_text(info_path, json.dumps(_clean(self.finetune_info)))
         _save_model(result.potential, stem)
         return result.potential
 
@@ -618,8 +625,10 @@ class Validation:
             proposal = self.foundation
             if name == "finetuned":
                 t0 = time.perf_counter()
+                trained = (self.dir / "models" / "finetuned.params.pkl").exists()
                 proposal = self.finetuned(md)
-                self.runtime["finetune"] = time.perf_counter() - t0
+                if not trained:
+                    self.runtime["finetune"] = time.perf_counter() - t0
             runs[name] = self.slhmc(name, proposal, offset)
             self.runtime[f"slhmc_{name}"] = float(runs[name]["wall_s"])
         t0 = time.perf_counter()
@@ -632,7 +641,9 @@ class Validation:
         calls = {p: int(r["n_target_calls"]) for p, r in runs.items()}
         comp = comparisons(md_obs, sl_obs, int(md["n_target_calls"]), calls, n_bootstrap=e.n_bootstrap, seed=self.w.run.seed)
         self.runtime["analysis"] = time.perf_counter() - t0
-        self.runtime["total_this_session"] = time.perf_counter() - t_start
+        self.runtime["total"] = sum(v for k, v in self.runtime.items() if k not in ("total", "this_session"))
+        self.runtime["this_session"] = time.perf_counter() - t_start
+        _write_text(self.runtime_path, json.dumps(self.runtime))
         data = self.report_dict(md, runs, md_obs, sl_obs, comp)
         figures = write_figures(md_obs, sl_obs, comp, self.dir / "figures")
         data["figures"] = [str(Path(p).relative_to(self.dir)) for p, _ in figures]

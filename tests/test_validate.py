@@ -22,16 +22,13 @@ MASSES = np.array([16.0, 47.9, 12.0])
 K = np.array([[2.0, 3.0, 4.0], [5.0, 6.5, 8.0], [3.5, 5.0, 9.0]])
 
 
-def _harmonic_md(thermostat, n_replicas=16, n_steps=4000, burn_in=300, temperature_K=T):
+def _harmonic_md(thermostat, n_replicas=32, n_steps=2000, burn_in=300, temperature_K=T):
     """(x (R, n, N, 3), T_kin (R, n)) of thermostatted MD in the wells, the kernel's own step functions
     driven by analytic forces inside one lax.scan (the host loop of run_direct_md does the same per step)."""
     s = val.MDSettings(thermostat, temperature_K, 1.0, n_steps, n_replicas, burn_in, friction_per_ps=20.0, tau_fs=50.0,
                        seed=1)
     kernel = val.md_kernel(s, MASSES)
     k = jnp.asarray(K)
-    key, k0 = jax.random.split(jax.random.PRNGKey(s.seed))
-    p0 = kernel.init(k0, n_replicas)
-    x0 = jnp.zeros_like(p0)
 
     def body(carry, _):
         x, p, f, key = carry
@@ -41,11 +38,14 @@ def _harmonic_md(thermostat, n_replicas=16, n_steps=4000, burn_in=300, temperatu
         return (x, p, f, key), (x, p)
 
     @jax.jit
-    def run(x, p, key):
+    def run(key):  # one compiled call: start, burn-in and the recorded steps
+        key, k0 = jax.random.split(key)
+        p = kernel.init(k0, n_replicas)
+        x = jnp.zeros_like(p)
         _, (xs, ps) = jax.lax.scan(body, (x, p, -k * x, key), None, length=burn_in + n_steps)
         return xs[burn_in:], ps[burn_in:]
 
-    xs, ps = (np.moveaxis(np.asarray(a), 0, 1) for a in run(x0, p0, key))
+    xs, ps = (np.moveaxis(np.asarray(a), 0, 1) for a in run(jax.random.PRNGKey(s.seed)))
     return xs, val.kinetic_temperature_K(ps, MASSES)
 
 
@@ -91,7 +91,7 @@ def test_bussi_rescaling_gives_the_canonical_kinetic_energy_distribution():
         return jax.lax.fori_loop(0, 200, lambda i, p: ig.bussi_rescale(jax.random.fold_in(key, i), p, m, KT,
                                                                        jnp.exp(-1.0 / 20.0)), p)
 
-    p = relax(jnp.full((4000, 3, 3), 0.1), jax.random.PRNGKey(0))
+    p = relax(jnp.full((3000, 3, 3), 0.1), jax.random.PRNGKey(0))
     kinetic = np.asarray(0.5 * jnp.sum(p**2 / m[:, None], axis=(1, 2))) / KT
     n = kinetic.size
     assert abs(kinetic.mean() - 4.5) < 4 * np.sqrt(4.5 / n)  # Gamma(4.5, 1): mean 4.5, variance 4.5
@@ -174,21 +174,29 @@ def foundation():
     return BondModel({"k": jnp.asarray(8.0), "r0": jnp.asarray(1.14), "e0": jnp.asarray(-1.0)})
 
 
-def toy_data(**tables) -> dict:
+def toy_data(tmp_path=None, **tables) -> dict:
+    system = {"structure": "molecule", "name": "N2"}
+    if tmp_path is not None:  # start at the target's mean bond length: a short burn-in suffices
+        import ase
+        import ase.io
+
+        path = tmp_path / "n2.xyz"
+        ase.io.write(path, ase.Atoms("N2", positions=[[5, 5, 5], [6.215, 5, 5]], cell=np.eye(3) * 10.0, pbc=False))
+        system = {"structure": "file", "path": str(path)}
     data = {
         "run": {"seed": 3},
-        "system": {"structure": "molecule", "name": "N2"},
+        "system": system,
         "model": {"foundation": "registry:none"},
         "target": {"code": "ase", "calculator": "morse", "parameters": MORSE},
         "sampler": {"temperature_K": T, "n_chains": 16, "n_steps": 30, "trajectory_steps": 10, "timestep_fs": 1.0,
-                    "warmup_steps": 8, "burn_in_steps": 20},
+                    "warmup_steps": 8, "burn_in_steps": 10},
         "finetune": {"epochs": 40, "batch_size": 32, "learning_rate": 0.03, "refit_e0": False, "ema_decay": None,
                      "early_stopping_patience": None, "valid_fraction": 0.2, "schedule": "constant",
                      "forces_weight": 10.0, "plot": False},
         "evaluation": {"pairs": [["N", "N"]], "k": 1, "n_bootstrap": 200},
         "cost": {"seconds_per_call": 0.001},
         "validate": {"thermostat": "baoab", "friction_per_ps": 20.0, "timestep_fs": 1.0, "md_steps": 200,
-                     "replicas": 8, "burn_in_steps": 150, "finetune_structures": 200},
+                     "replicas": 8, "burn_in_steps": 40, "finetune_structures": 200},
     }
     for name, values in tables.items():
         data[name] = data.get(name, {}) | values
@@ -198,7 +206,7 @@ def toy_data(**tables) -> dict:
 @pytest.fixture(scope="module")
 def toy_validation(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("validate")
-    config = cfg.validation_from_dict(toy_data(), source="toy")
+    config = cfg.validation_from_dict(toy_data(run_dir), source="toy")
     path = val.run(config, run_dir, foundation=foundation(), target=target(), progress=False)
     return run_dir, json.loads(path.read_text())
 
@@ -228,14 +236,14 @@ def test_slhmc_and_direct_md_sample_the_same_distribution(toy_validation):
         assert abs(data["means"][sampler][nn] - mean_r) < 4 * err, (sampler, data["means"][sampler][nn], mean_r, err)
     # the thermostat held the temperature, the MD spent one force call per replica and step (the start: one)
     assert abs(data["kinetic_temperature_K"]["mean"] / T - 1) < 0.1
-    assert data["target_calls"]["direct_md"] == 1 + 8 * (150 + 200)
+    assert data["target_calls"]["direct_md"] == 1 + 8 * (40 + 200)
     # fine-tuning on the direct-MD labels moved the proposal toward the target: higher acceptance
     assert data["acceptance"]["finetuned"] > data["acceptance"]["foundation"]
     assert data["finetune"]["source"] == "direct_md" and data["finetune"]["extra_target_calls"] == 0
     # every target result is in the label store (MD frames with forces)
     from slhmc_jax.store import LabelStore
 
-    assert len(LabelStore(run_dir / "labels.sqlite")) >= 8 * 350
+    assert len(LabelStore(run_dir / "labels.sqlite")) >= 8 * 240
     assert (run_dir / "validation.md").read_text().startswith("# SLHMC validation")
     assert (run_dir / "figures" / f"validation_{nn}.png").stat().st_size > 1000
 
@@ -248,7 +256,7 @@ def test_rerun_reads_back_every_phase(toy_validation, monkeypatch):
 
     monkeypatch.setattr(val, "run_direct_md", fail)
     monkeypatch.setattr("slhmc_jax.sample", fail)
-    again = json.loads(val.run(cfg.validation_from_dict(toy_data(), source="toy"), run_dir, foundation=foundation(),
+    again = json.loads(val.run(cfg.validation_from_dict(toy_data(run_dir), source="toy"), run_dir, foundation=foundation(),
                                target=target(), progress=False).read_text())
     assert again["ks_pvalue"] == data["ks_pvalue"] and again["target_calls"] == data["target_calls"]
 
@@ -286,9 +294,9 @@ def test_a_system_too_large_for_direct_md_is_refused_before_anything_runs(tmp_pa
     config = cfg.validation_from_dict(toy_data(validate={"max_atoms": 1}))
     with pytest.raises(cfg.ConfigError, match=r"\[validate\] max_atoms: the system has 2 atoms"):
         val.Validation(config, tmp_path / "a", foundation=foundation())
-    # 8 x (1 + 150 + 200) calls x 2 s = 5616 s > 3600 s
+    # 8 x (1 + 40 + 200) calls x 2 s = 3856 s > 3600 s
     config = cfg.validation_from_dict(toy_data(validate={"max_md_cost_s": 3600.0}, cost={"seconds_per_call": 2.0}))
-    with pytest.raises(cfg.ConfigError, match=r"max_md_cost_s: direct target MD would need 2808 force calls"):
+    with pytest.raises(cfg.ConfigError, match=r"max_md_cost_s: direct target MD would need 1928 force calls"):
         val.Validation(config, tmp_path / "b", foundation=foundation())
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
