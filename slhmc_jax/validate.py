@@ -473,6 +473,7 @@ def comparisons(md_obs: dict, slhmc_obs: dict, md_calls: int, slhmc_calls: dict,
 
 
 def md_settings(config: cfg.ValidationConfig) -> MDSettings:
+    """The direct MD of a config: [validate] with [sampler]'s temperature and a seed offset from [run] seed."""
     v, w = config.validate, config.workflow
     return MDSettings(thermostat=v.thermostat, temperature_K=v.temperature_K or w.sampler.temperature_K,
                       timestep_fs=v.timestep_fs, n_steps=v.md_steps, n_replicas=v.replicas,
@@ -519,12 +520,27 @@ class Validation:
         self.md = md_settings(config)
         self.md_cost_estimate_s = check_direct_md_feasible(len(self.atoms), self.md, self.w.cost.seconds_per_call,
                                                            max_atoms=self.v.max_atoms, max_md_cost_s=self.v.max_md_cost_s)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self._check_directory()
         self.store = LabelStore(self.dir / "labels.sqlite")
         self.target = as_target(target) if target is not None else wf.build_target(dataclasses.replace(self.w.target, dispatch="serial"))
         self.foundation = foundation if foundation is not None else self._load_foundation()
         self.runtime_path = self.dir / "runtime.json"  # seconds of each phase when it ran (a rerun reads them back)
         self.runtime: dict = json.loads(self.runtime_path.read_text()) if self.runtime_path.exists() else {}
+
+    def _check_directory(self) -> None:
+        """config.toml in the run directory: written on the first run, compared on a rerun (phases are read
+        back, so another config there would mix two runs)."""
+        v = self.v
+        text = cfg.to_toml(self.w) + "[validate]\n" + "".join(
+            f"{f.name} = {'false' if getattr(v, f.name) is None else cfg._toml_value(getattr(v, f.name))}\n"
+            for f in dataclasses.fields(v))
+        path = self.dir / "config.toml"
+        if path.exists():
+            if path.read_text() != text:
+                raise cfg.ConfigError(f"{self.dir} holds a validation of another config ({path}); use a new --run-dir "
+                                      f"or the same config to resume")
+        else:
+            _write_text(path, text)
 
     def _load_foundation(self):
         from slhmc_jax.models.foundations import load_foundation

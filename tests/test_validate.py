@@ -259,6 +259,9 @@ def test_rerun_reads_back_every_phase(toy_validation, monkeypatch):
     again = json.loads(val.run(cfg.validation_from_dict(toy_data(run_dir), source="toy"), run_dir, foundation=foundation(),
                                target=target(), progress=False).read_text())
     assert again["ks_pvalue"] == data["ks_pvalue"] and again["target_calls"] == data["target_calls"]
+    with pytest.raises(cfg.ConfigError, match="another config"):  # phases of one config are never mixed with another's
+        val.Validation(cfg.validation_from_dict(toy_data(run_dir, validate={"md_steps": 300})), run_dir,
+                       foundation=foundation(), target=target())
 
 
 # ----------------------------------------------------------------------------------------
