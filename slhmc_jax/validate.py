@@ -16,7 +16,8 @@
    :func:`md_kernel`); the target is called on the host once per MD step with all replicas in
    one batch (warm starts per replica), every result committed to the label store before it is
    used, every configuration counted. Start: Maxwell-Boltzmann momenta, ``burn_in_steps``
-   discarded.
+   discarded. The target runs in this process ([target] dispatch is not used: one PySCF process,
+   its replicas one after the other, each warm-started from its own previous step).
 
 2. **SLHMC** (:func:`slhmc_jax.sample`) on the same target, system and temperature, once per
    proposal: "foundation" (the [model] foundation unchanged) and "finetuned". The fine-tuned
