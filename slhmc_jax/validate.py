@@ -60,7 +60,11 @@ Output (``RUN_DIR``): ``validation.json``, ``validation.md``, ``figures/validati
     ess, ess_per_target_call, iat_steps, iat_batch_means_steps, means, ks_samples   {sampler: {obs: value}}
     target_calls, acceptance    {sampler: value}
     runtime_s                   {phase: seconds when it ran, total, this_session}; target_seconds {sampler: {wall, cpu}}
-    finetune, settings, system  what was run
+    kinetic_temperature_K       {mean: the MD's, thermostat_K}
+    finetune, settings, system, figures   what was run and written
+
+The ESS ratios are of production runs: SLHMC's calls include its start, warm-up and burn-in, the
+MD's its start and burn-in; the fine-tuned proposal's training labels are the MD's own frames.
 """
 
 from __future__ import annotations
