@@ -3,6 +3,8 @@
 - ``slhmc run [CONFIG] [--run-dir DIR] [--dry-run]``: the self-learning workflow and its control arms
   (:mod:`slhmc_jax.workflow`); without a config the embedded quickstart;
 - ``slhmc analyze RUN_DIR`` / ``slhmc analyze TRAJ --reference REF``: the report;
+- ``slhmc validate [CONFIG] [--run-dir DIR]``: SLHMC against direct MD on the target's own forces
+  (:mod:`slhmc_jax.validate`); without a config the embedded default (TiO2, PySCF PBE);
 - ``slhmc finetune``: optax fine-tuning of a MACE model on labelled structures;
 - ``slhmc neighbours``: neighbour statistics of a rutile supercell.
 """
@@ -68,6 +70,49 @@ def run_workflow(args) -> int:
         for name, (w, lo, hi) in values["wasserstein"].items():
             print(f"    {arm:<11s} {name:<14s} {w:.4f} [{lo:.4f}, {hi:.4f}]")
     print("  time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report["time_breakdown_s"].items()))
+    return 0
+
+
+def add_validate_parser(sub) -> None:
+    """``slhmc validate [CONFIG] [--run-dir DIR]``: SLHMC against direct target MD, ESS per target call."""
+    va = sub.add_parser("validate", help="SLHMC against direct MD on the target's own forces: KS, W1, ESS per target call")
+    va.add_argument("config", nargs="?", default=None,
+                    help="TOML config with a [validate] table (default: the embedded slhmc_jax/data/validate.toml)")
+    va.add_argument("--run-dir", dest="run_dir", default=None,
+                    help="run directory (default: slhmc-validate-<config name>); the same command resumes a killed run")
+    va.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run_validate(args) -> int:
+    from pathlib import Path
+
+    from slhmc_jax import config as cfg
+
+    path = Path(args.config) if args.config else cfg.validate_path()
+    try:
+        config = cfg.load_validation(path)
+    except cfg.ConfigError as err:
+        print(f"slhmc validate: error in the config: {err}", file=sys.stderr)
+        return 2
+    from slhmc_jax import validate
+
+    run_dir = Path(args.run_dir) if args.run_dir else Path(f"slhmc-validate-{path.stem}")
+    start = time.perf_counter()
+    try:
+        report_path = validate.run(config, run_dir, progress=not args.quiet)
+    except (cfg.ConfigError, ValueError) as err:
+        print(f"slhmc validate: error: {err}", file=sys.stderr)
+        return 2
+    import json
+
+    data = json.loads(report_path.read_text())
+    print(f"\nwall time {time.perf_counter() - start:.0f} s; report: {report_path} and {report_path.with_suffix('.md')}")
+    print("  target calls: " + ", ".join(f"{k} {v}" for k, v in data["target_calls"].items()))
+    for proposal, values in data["ess_per_target_call_ratio"].items():
+        for name, ratio in values.items():
+            w, lo, hi = data["wasserstein"][proposal][name]
+            print(f"  {proposal:<10s} {name:<18s} KS p {data['ks_pvalue'][proposal][name]:.3g}, "
+                  f"W1 {w:.4g} [{lo:.4g}, {hi:.4g}], ESS/target call vs direct MD x{ratio:.3g}")
     return 0
 
 
@@ -199,6 +244,7 @@ def main(argv=None) -> int:
     nb.add_argument("--cutoff", type=float, default=6.0, help="Angstrom")
     add_finetune_parser(sub)
     add_analyze_parser(sub)
+    add_validate_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "finetune":
         return run_finetune(args)
@@ -206,6 +252,8 @@ def main(argv=None) -> int:
         return run_analyze(args)
     if args.command == "run":
         return run_workflow(args)
+    if args.command == "validate":
+        return run_validate(args)
     return run_neighbours(args)
 
 

@@ -13,6 +13,9 @@ an impossible value raises :class:`ConfigError` naming the table, the key and wh
     [evaluation]  EvaluationConfig the sampling of each arm's model and the observables
     [cost]        CostConfig       seconds per target call, for ``--dry-run`` estimates
 
+``slhmc validate`` reads the same tables plus ``[validate]`` (:class:`ValidateConfig`, the direct
+target MD and the comparison), into a :class:`ValidationConfig` (:func:`load_validation`).
+
 Units are in the key names (``temperature_K``, ``timestep_fs``, ``pressure_GPa``, ``conv_tol_Ha``).
 TOML has no null: ``key = false`` turns an optional setting off (``ema_decay = false``).
 """
@@ -35,6 +38,8 @@ STRUCTURES = ("molecule", "rutile", "crystal", "file")
 TARGET_CODES = ("pyscf", "ase")
 DISPATCH = ("serial", "processes", "dask")
 SAMPLED_BY = ("hmc",)
+THERMOSTATS = ("baoab", "bussi")
+VALIDATE_PROPOSALS = ("foundation", "finetuned")
 
 
 class ConfigError(ValueError):
@@ -274,6 +279,60 @@ class CostConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ValidateConfig:
+    """``slhmc validate``: direct MD on the target's own forces, the reference SLHMC is checked against.
+
+    thermostat: "baoab" (Langevin, BAOAB splitting, ``friction_per_ps``) or "bussi" (stochastic
+        velocity rescaling, ``tau_fs``); both sample the canonical ensemble exactly as dt -> 0.
+    temperature_K: the thermostat's temperature, K (> 0); false: [sampler] temperature_K (SLHMC and
+        MD must sample the same ensemble, so a value that differs from [sampler]'s is refused).
+    friction_per_ps: Langevin friction gamma, 1/ps (> 0). tau_fs: Bussi relaxation time, fs (> 0).
+    timestep_fs: the MD step, fs (> 0). md_steps: recorded MD steps per replica (>= 4).
+    replicas: independent MD replicas, batched through one target call per step (>= 1).
+    burn_in_steps: MD steps discarded after the Maxwell-Boltzmann start (>= 0).
+    slhmc_steps: recorded SLHMC steps per chain (false: [sampler] n_steps).
+    proposals: the SLHMC proposals to compare ("foundation", "finetuned").
+    finetune_structures: at most this many direct-MD frames (evenly spaced, every replica) are the
+        fine-tuning set of the "finetuned" proposal (>= 2).
+    max_atoms: direct target MD is refused for systems with more atoms than this (>= 1).
+    max_md_cost_s: direct target MD is refused when its estimated cost, replicas x (1 +
+        burn_in_steps + md_steps) target force calls x [cost] seconds_per_call, exceeds this, s (> 0).
+    """
+
+    thermostat: str = "baoab"
+    temperature_K: float | None = None
+    friction_per_ps: float = 20.0
+    tau_fs: float = 50.0
+    timestep_fs: float = 1.0
+    md_steps: int = 400
+    replicas: int = 4
+    burn_in_steps: int = 100
+    slhmc_steps: int | None = None
+    proposals: tuple[str, ...] = VALIDATE_PROPOSALS
+    finetune_structures: int = 200
+    max_atoms: int = 64
+    max_md_cost_s: float = 4 * 3600.0
+
+    def __post_init__(self):
+        if self.thermostat not in THERMOSTATS:
+            _fail("validate", "thermostat", f"must be one of {THERMOSTATS}; got {self.thermostat!r}")
+        if self.temperature_K is not None and not self.temperature_K > 0:
+            _fail("validate", "temperature_K", f"the thermostat needs a temperature > 0 K; got {self.temperature_K}")
+        for key in ("friction_per_ps", "tau_fs", "timestep_fs", "max_md_cost_s"):
+            if not getattr(self, key) > 0:
+                _fail("validate", key, f"must be > 0; got {getattr(self, key)}")
+        for key, low in (("md_steps", 4), ("replicas", 1), ("burn_in_steps", 0), ("finetune_structures", 2),
+                         ("max_atoms", 1)):
+            if getattr(self, key) < low:
+                _fail("validate", key, f"must be >= {low}; got {getattr(self, key)}")
+        if self.slhmc_steps is not None and self.slhmc_steps < 4:
+            _fail("validate", "slhmc_steps", f"must be >= 4; got {self.slhmc_steps}")
+        bad = [p for p in self.proposals if p not in VALIDATE_PROPOSALS]
+        if bad or not self.proposals or len(set(self.proposals)) != len(self.proposals):
+            _fail("validate", "proposals", f"must be distinct names from {VALIDATE_PROPOSALS}; got {list(self.proposals)}")
+
+
+@dataclasses.dataclass(frozen=True)
 class WorkflowConfig:
     """The whole configuration (one attribute per table)."""
 
@@ -419,6 +478,62 @@ def load(path) -> WorkflowConfig:
     if system.path and not Path(system.path).is_absolute():
         config = dataclasses.replace(config, system=dataclasses.replace(system, path=str(path.parent / system.path)))
     return config
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationConfig:
+    """What ``slhmc validate`` reads: [validate] and the workflow's tables (only [system], [model],
+    [target], [sampler], [finetune], [evaluation] and [cost] are used; [run] seed seeds it all)."""
+
+    validate: ValidateConfig
+    workflow: WorkflowConfig
+
+    @property
+    def source(self) -> str:
+        return self.workflow.source
+
+
+def validation_from_dict(data: dict, source: str = "<dict>") -> ValidationConfig:
+    """Validate a parsed TOML document into a ValidationConfig (ConfigError naming table and key)."""
+    data = dict(data)
+    values = data.pop("validate", {})
+    if not isinstance(values, dict):
+        raise ConfigError(f"[validate] must be a table; got {values!r}")
+    tables = _tables()
+    unknown = sorted(set(data) - set(tables))
+    if unknown:
+        raise ConfigError(f"unknown table(s) {unknown} in {source} (allowed: validate, {', '.join(tables)})")
+    validate = build_table("validate", ValidateConfig, values)
+    workflow = from_dict(data, source=source)
+    t = validate.temperature_K
+    if t is not None and t != workflow.sampler.temperature_K:
+        raise ConfigError(f"[validate] temperature_K: {t} K differs from [sampler] temperature_K = "
+                          f"{workflow.sampler.temperature_K} K (both samplers must sample one ensemble)")
+    if workflow.sampler.ensemble != "nvt":
+        raise ConfigError(f"[sampler] ensemble: slhmc validate compares NVT sampling only; got {workflow.sampler.ensemble!r}")
+    return ValidationConfig(validate, workflow)
+
+
+def load_validation(path) -> ValidationConfig:
+    """Read and validate a ``slhmc validate`` TOML config file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no config file at {path}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}") from None
+    config = validation_from_dict(data, source=str(path))
+    system = config.workflow.system
+    if system.path and not Path(system.path).is_absolute():
+        system = dataclasses.replace(system, path=str(path.parent / system.path))
+        config = dataclasses.replace(config, workflow=dataclasses.replace(config.workflow, system=system))
+    return config
+
+
+def validate_path() -> Path:
+    """The embedded default ``slhmc validate`` config (the quickstart molecule, PySCF PBE)."""
+    return Path(__file__).parent / "data" / "validate.toml"
 
 
 def quickstart_path() -> Path:

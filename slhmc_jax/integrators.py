@@ -192,3 +192,71 @@ def _verlet_loop(forces, positions, momenta, neighbours, inv_m, dt, n_steps) -> 
     stats0 = stats0._replace(rebuilt=jnp.zeros_like(stats0.rebuilt))
     x, p, _, e, nbrs, stats = jax.lax.fori_loop(0, n_steps, body, (positions, momenta, f0, e0, nbrs0, stats0))
     return Trajectory(x, p, e0, e, nbrs, stats.overflow, stats.n_pairs, stats.max_per_atom, stats.rebuilt)
+
+
+# ----------------------------------------------------------------------------------------
+# thermostats: the pieces of thermostatted MD driven by forces computed outside (the target's)
+#
+# Each is one pure rule on momenta of any leading shape (..., n_atoms, 3) (replicas batched on the
+# leading axes), noise given as an argument or drawn from an explicit key. Units as above: momenta
+# amu*A/ASE-time, masses amu, kT eV, dt in ASE time (timestep_fs * FS).
+
+
+def langevin_decay(timestep_fs, friction_per_ps):
+    """c = exp(-gamma dt) of an Ornstein-Uhlenbeck step of length dt (fs) with friction gamma (1/ps)."""
+    return jnp.exp(-jnp.asarray(friction_per_ps) * 1e-3 * jnp.asarray(timestep_fs))
+
+
+def ornstein_uhlenbeck(momenta, masses, kT_eV, decay, noise):
+    """The exact Langevin "O" step: p' = c p + sqrt((1 - c^2) m kT) xi, xi ~ N(0, 1).
+
+    It leaves the Maxwell-Boltzmann distribution p ~ N(0, m kT) invariant for any c in [0, 1)
+    (c = exp(-gamma dt), :func:`langevin_decay`).
+
+    Args:
+        momenta: (..., n_atoms, 3). masses: (n_atoms,) amu. kT_eV: k_B T in eV.
+        decay: c. noise: standard normal draws of the momenta's shape.
+    """
+    sigma = jnp.sqrt((1.0 - decay**2) * masses * kT_eV)[:, None]
+    return decay * momenta + sigma.astype(momenta.dtype) * noise
+
+
+def bussi_factor(kinetic_eV, n_dof: int, kT_eV, decay, r1, chi2):
+    """Stochastic velocity rescaling (Bussi, Donadio & Parrinello, JCP 126, 014101 (2007), eq. A7).
+
+    The kinetic energy K of n_f = ``n_dof`` degrees of freedom is moved over a time dt by the
+    exact solution of dK = (K_bar - K) dt / tau + 2 sqrt(K K_bar / n_f) dW / sqrt(tau),
+    K_bar = n_f kT / 2, c = exp(-dt / tau):
+
+        K' = c K + (1 - c) K_bar (r1^2 + S) / n_f + 2 r1 sqrt(c (1 - c) K K_bar / n_f),
+
+    r1 ~ N(0, 1), S ~ chi^2(n_f - 1). Momenta are scaled by alpha = sign sqrt(K' / K) with
+    sign = sign(r1 + sqrt(c n_f K / ((1 - c) K_bar))); the canonical distribution of K (a
+    Gamma(n_f / 2, kT)) is invariant.
+
+    Args:
+        kinetic_eV: (...,) K per replica. n_dof: n_f. kT_eV: eV. decay: c = exp(-dt / tau).
+        r1: (...,) standard normal. chi2: (...,) chi-square(n_f - 1) draws.
+
+    Returns:
+        (...,) alpha, to multiply each replica's momenta by.
+    """
+    k_bar = 0.5 * n_dof * kT_eV
+    ratio = k_bar / (n_dof * kinetic_eV)
+    alpha2 = decay + (1.0 - decay) * (chi2 + r1**2) * ratio + 2.0 * r1 * jnp.sqrt(decay * (1.0 - decay) * ratio)
+    sign = jnp.sign(r1 + jnp.sqrt(decay / ((1.0 - decay) * ratio)))
+    return jnp.where(sign == 0, 1.0, sign) * jnp.sqrt(jnp.maximum(alpha2, 0.0))
+
+
+def bussi_rescale(key, momenta, masses, kT_eV, decay):
+    """Momenta (..., n_atoms, 3) after one stochastic velocity rescaling (:func:`bussi_factor`) with
+    n_f = 3 n_atoms per replica; the noise is drawn from ``key``."""
+    n_dof = 3 * momenta.shape[-2]
+    k1, k2 = jax.random.split(key)
+    shape = momenta.shape[:-2]
+    r1 = jax.random.normal(k1, shape, momenta.dtype)
+    chi2 = 2.0 * jax.random.gamma(k2, 0.5 * (n_dof - 1), shape, momenta.dtype)
+    flat = momenta.reshape((-1,) + momenta.shape[-2:])
+    kinetic = jax.vmap(kinetic_energy, in_axes=(0, None))(flat, masses).reshape(shape)
+    alpha = bussi_factor(kinetic, n_dof, kT_eV, decay, r1, chi2)
+    return momenta * alpha[..., None, None]
