@@ -464,20 +464,28 @@ def from_dict(data: dict, source: str = "<dict>") -> WorkflowConfig:
     return WorkflowConfig(**built, source=source)
 
 
-def load(path) -> WorkflowConfig:
-    """Read and validate a TOML config file."""
-    path = Path(path)
+def _read_toml(path: Path) -> dict:
+    """The parsed TOML document at ``path`` (ConfigError for a missing file or invalid TOML)."""
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"no config file at {path}") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path} is not valid TOML: {err}") from None
-    config = from_dict(data, source=str(path))
+
+
+def _anchored(config: WorkflowConfig, path: Path) -> WorkflowConfig:
+    """``config`` with a relative [system] path read from the config file's folder."""
     system = config.system
     if system.path and not Path(system.path).is_absolute():
-        config = dataclasses.replace(config, system=dataclasses.replace(system, path=str(path.parent / system.path)))
+        return dataclasses.replace(config, system=dataclasses.replace(system, path=str(path.parent / system.path)))
     return config
+
+
+def load(path) -> WorkflowConfig:
+    """Read and validate a TOML config file."""
+    path = Path(path)
+    return _anchored(from_dict(_read_toml(path), source=str(path)), path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -517,18 +525,8 @@ def validation_from_dict(data: dict, source: str = "<dict>") -> ValidationConfig
 def load_validation(path) -> ValidationConfig:
     """Read and validate a ``slhmc validate`` TOML config file."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"no config file at {path}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path} is not valid TOML: {err}") from None
-    config = validation_from_dict(data, source=str(path))
-    system = config.workflow.system
-    if system.path and not Path(system.path).is_absolute():
-        system = dataclasses.replace(system, path=str(path.parent / system.path))
-        config = dataclasses.replace(config, workflow=dataclasses.replace(config.workflow, system=system))
-    return config
+    config = validation_from_dict(_read_toml(path), source=str(path))
+    return dataclasses.replace(config, workflow=_anchored(config.workflow, path))
 
 
 def validate_path() -> Path:
