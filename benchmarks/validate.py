@@ -95,7 +95,7 @@ def exact_check(run_dir: Path, config) -> dict:
 
 def quick_config():
     """The --quick run: both samplers spend about the same share of their calls before recording (MD: 100 of
-    1300 steps; SLHMC: 20 of 270), 8 replicas and 8 chains."""
+    1300 steps; SLHMC: 20 of 270), 16 MD replicas and 8 chains."""
     from slhmc_jax import config as cfg
 
     data = {
@@ -110,7 +110,7 @@ def quick_config():
         "evaluation": {"pairs": [["Ti", "O"]], "k": 2, "n_bootstrap": 500},
         "cost": {"seconds_per_call": 0.002},
         "validate": {"thermostat": "baoab", "friction_per_ps": 20.0, "timestep_fs": 1.0, "md_steps": 1200,
-                     "replicas": 8, "burn_in_steps": 100, "finetune_structures": 200},
+                     "replicas": 16, "burn_in_steps": 100, "finetune_structures": 200},
     }
     return cfg.validation_from_dict(data, source="benchmarks/validate.py --quick")
 

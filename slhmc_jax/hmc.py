@@ -228,7 +228,7 @@ def _second_stage(states: ChainState, screening: Screening, e_new, beta):
 
 
 def propose_hmc(states: ChainState, potential, params, atomic_numbers, masses, temperature_K, n_steps, timestep_fs,
-                layout=None, chain_batch_size=None) -> Proposal:
+                layout=None, chain_batch_size=None, timestep_jitter=0.0) -> Proposal:
     """Draw p ~ MB(T) and run the ML trajectories of all chains (pure, jit-able).
 
     Fresh neighbour lists are built from each chain's positions, refreshed along the trajectory
@@ -240,9 +240,15 @@ def propose_hmc(states: ChainState, potential, params, atomic_numbers, masses, t
         n_steps: velocity-Verlet steps (int or traced). timestep_fs: fs (float or traced).
         layout: NeighbourLayout for a potential with a cutoff (None without).
         chain_batch_size: chains per vmapped force group (see ``integrators.map_chains``).
+        timestep_jitter: j (float or traced): chain c integrates with dt_c = dt (1 + j u_c),
+            u_c ~ U(-1, 1) from its own key. u_c does not depend on the state, so each dt_c is a
+            reversible, volume-preserving map and the mixture keeps detailed balance; j = 0 gives
+            the chains of a run without jitter bit for bit.
     """
     keys = jax.vmap(lambda k: jax.random.split(k, 2))(states.key)
     p0 = jax.vmap(lambda k: maxwell_boltzmann(k, masses, temperature_K, states.positions.dtype))(keys[:, 1])
+    u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 1), (), states.positions.dtype, -1.0, 1.0))(keys[:, 1])
+    timestep_fs = timestep_fs * (1.0 + timestep_jitter * u)
     nbrs = None
     if layout is not None:
         nbrs = jax.vmap(lambda x, c: nb.build(layout, x, c))(states.positions, states.cell)
@@ -462,10 +468,10 @@ class _ByIdentity:
 
 
 @functools.partial(jax.jit, static_argnames=("potential", "layout", "chain_batch_size"))
-def _propose_hmc_jit(states, params, atomic_numbers, masses, temperature_K, n_steps, timestep_fs, *, potential, layout,
-                     chain_batch_size):
+def _propose_hmc_jit(states, params, atomic_numbers, masses, temperature_K, n_steps, timestep_fs, timestep_jitter, *,
+                     potential, layout, chain_batch_size):
     return propose_hmc(states, potential.obj, params, atomic_numbers, masses, temperature_K, n_steps, timestep_fs, layout,
-                       chain_batch_size)
+                       chain_batch_size, timestep_jitter)
 
 
 _accept_hmc_jit = jax.jit(accept_hmc)
@@ -483,21 +489,24 @@ def default_chain_batch_size(n_chains: int) -> int | None:
     return 4
 
 
-def hmc_kernel(potential, atomic_numbers, masses, temperature_K, *, layout=None, chain_batch_size="auto") -> HMCKernel:
+def hmc_kernel(potential, atomic_numbers, masses, temperature_K, *, layout=None, chain_batch_size="auto",
+               timestep_jitter: float = 0.0) -> HMCKernel:
     """The HMC move of ``potential`` at ``temperature_K`` (K) for atoms of these numbers and masses (amu).
 
     Compiled once per (potential object, layout, chain_batch_size, shapes): temperature, timestep and
     trajectory length are traced, so warm-up tuning and repeated runs do not recompile.
     ``chain_batch_size``: chains per vmapped force group (None: all; "auto": :func:`default_chain_batch_size`).
+    ``timestep_jitter``: j of :func:`propose_hmc` (traced too).
     """
     z, m = jnp.asarray(atomic_numbers), jnp.asarray(masses)
     t = jnp.asarray(temperature_K, jnp.float64)
+    jitter = jnp.asarray(timestep_jitter, jnp.float64)
     handle = _ByIdentity(potential)
 
     def propose(states, params, timestep_fs, n_steps) -> Proposal:
         size = default_chain_batch_size(int(states.positions.shape[0])) if chain_batch_size == "auto" else chain_batch_size
         return _propose_hmc_jit(states, params, z, m, t, jnp.asarray(n_steps, jnp.int32), jnp.asarray(timestep_fs, jnp.float64),
-                                potential=handle, layout=layout, chain_batch_size=size)
+                                jitter, potential=handle, layout=layout, chain_batch_size=size)
 
     def accept(states, proposal, target_energies, screening=None):
         return _accept_hmc_jit(states, proposal, jnp.asarray(target_energies, jnp.float64), t, screening)

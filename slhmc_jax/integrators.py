@@ -142,7 +142,8 @@ def velocity_verlet_batch(potential, params, positions, momenta, cells, atomic_n
     Args:
         positions: (n_chains, n_atoms, 3) A. momenta: (n_chains, n_atoms, 3). cells: (n_chains, 3, 3) A.
         atomic_numbers: (n_atoms,) int. masses: (n_atoms,) amu (shared by all chains).
-        n_steps: int or traced int (same for every chain). timestep_fs: fs (same for every chain).
+        n_steps: int or traced int (same for every chain). timestep_fs: fs, one for all chains or
+            (n_chains,) one per chain.
         layout: one NeighbourLayout for all chains; neighbours: Neighbours with a leading chain axis.
         chain_batch_size: chains per vmapped group of the force evaluation (None: all, see :func:`map_chains`).
 
@@ -150,6 +151,7 @@ def velocity_verlet_batch(potential, params, positions, momenta, cells, atomic_n
         Trajectory with a leading chain axis on every leaf.
     """
     dt = jnp.asarray(timestep_fs * FS, positions.dtype)
+    dt = dt.reshape(-1, 1, 1) if dt.ndim else dt  # per-chain steps broadcast over (atoms, xyz)
     inv_m = (1.0 / masses)[None, :, None].astype(positions.dtype)
     n_chains = positions.shape[0]
     ef = map_chains(lambda x, c, nbrs: energy_and_forces(potential, params, x, c, atomic_numbers, nbrs), chain_batch_size)

@@ -67,6 +67,13 @@ class SamplerSettings:
             when warm-up tunes it).
         timestep_fs: velocity-Verlet step dt, fs (> 0; the start value when warm-up tunes it).
         seed: integer seed of every random draw.
+        timestep_jitter: j in [0, 1): each chain's every trajectory runs at dt (1 + j u), u ~ U(-1, 1)
+            drawn from the chain's key (independent of its state, so the chain stays exact). A fixed
+            trajectory length L dt resonates with the vibrations of a stiff, near-harmonic system:
+            measured on the TiO2 quickstart molecule (fine-tuned proposal, dt 1.54 fs, no jitter),
+            the Ti-O distance's IAT is 0.3, 1.5, 11.4 and 9.2 steps at L = 32, 49, 24 and 64; with
+            j = 0.5 it is 1.0 at L = 24 and 49 (j = 0.2: 5.1 and 1.2). Jitter averages over the
+            phases (Mackenzie, Phys. Lett. B 226, 369 (1989)); 0 turns it off.
         ensemble: "nvt", "npt" (isotropic cell moves) or "npt_orthorhombic" (a, b, c independently).
         pressure_GPa: GPa, required for NPT.
         warmup_steps: steps that tune dt and L (not recorded; >= 0).
@@ -96,6 +103,7 @@ class SamplerSettings:
     skin_A: float = 0.5
     on_failure: str = "raise"
     max_retries: int = 2
+    timestep_jitter: float = 0.5
 
     # fields a resumed run may change: the run length and how failures are handled
     RESUMABLE_CHANGES = ("n_steps", "on_failure", "max_retries")
@@ -143,6 +151,10 @@ class SamplerSettings:
         if self.on_failure not in FAILURE_POLICIES:
             raise ValueError(f"on_failure must be one of {FAILURE_POLICIES}; got {self.on_failure!r}")
         positive_int("max_retries", allow_zero=True)
+        j = self.timestep_jitter
+        if isinstance(j, bool) or not isinstance(j, (int, float, np.floating, np.integer)) or not 0 <= j < 1:
+            raise ValueError(f"timestep_jitter must be a number in [0, 1); got {j!r}")
+        object.__setattr__(self, "timestep_jitter", float(j))
 
     @property
     def n_burn_in(self) -> int:
@@ -584,7 +596,8 @@ class _Driver:
     def _hmc_kernel(self, layout):
         if layout not in self._hmc_kernels:
             self._hmc_kernels[layout] = hmc.hmc_kernel(self.proposal, self.numbers, self.masses,
-                                                       self.settings.temperature_K, layout=layout)
+                                                       self.settings.temperature_K, layout=layout,
+                                                       timestep_jitter=self.settings.timestep_jitter)
         return self._hmc_kernels[layout]
 
     def propose_hmc(self, state: DriverState) -> tuple[DriverState, hmc.Proposal, np.ndarray]:

@@ -16,12 +16,12 @@ T = 300.0
 KT = KB_EV_PER_K * T
 
 
-def _run(potential, target_fn, x0, masses, n_chains, n_iter, n_traj, dt, seed=0):
+def _run(potential, target_fn, x0, masses, n_chains, n_iter, n_traj, dt, seed=0, jitter=0.0):
     cells = jnp.broadcast_to(jnp.eye(3) * 20.0, (n_chains, 3, 3))
     z = jnp.ones(x0.shape[0], jnp.int32)
-    xs = jnp.broadcast_to(x0, (n_chains,) + x0.shape)
+    xs = jnp.broadcast_to(x0, (n_chains,) + x0.shape[-2:])  # x0: one start, or one per chain
     states = hmc.init(xs, cells, jax.vmap(target_fn)(xs), seed)
-    kernel = hmc.hmc_kernel(potential, z, masses, T)
+    kernel = hmc.hmc_kernel(potential, z, masses, T, timestep_jitter=jitter)
 
     @jax.jit
     def step(states):
@@ -55,6 +55,31 @@ def test_einstein_crystal_variance_is_target_not_proposal():
     assert 0.2 < acc.mean() < 1.0
     assert abs(var / exact - 1) < 0.05, (var, exact)
     assert abs(var_p / wrong - 1) < 0.05 and abs(var_p / exact - 1) > 0.3
+
+
+def test_timestep_jitter_breaks_a_full_period_resonance_and_stays_exact():
+    """Proposal = target = a spring of k = 2 eV/A^2, m = 12 amu, L = 20 steps of dt = 2 sin(pi / L) / omega:
+    the velocity-Verlet map of a harmonic oscillator is a rotation by phi, cos phi = 1 - (omega dt)^2 / 2,
+    so L phi = 2 pi returns every trajectory to its start and a chain without jitter never moves. With
+    dt (1 + 0.5 u) the chains started in the target sample N(0, kT/k) (KS, variance within its error bar)."""
+    from slhmc_jax.integrators import FS
+
+    k, n_traj = 2.0, 20
+    masses = jnp.full(1, 12.0)
+    dt_fs = 2.0 * np.sin(np.pi / n_traj) / np.sqrt(k / 12.0) / FS
+    sigma2 = KT / k
+    x0 = jax.random.normal(jax.random.PRNGKey(7), (1024, 1, 3)) * np.sqrt(sigma2)
+    stuck, _ = _run(FunctionPotential(_harmonic(k)), _harmonic(k), x0, masses, 1024, 5, n_traj, dt_fs)
+    np.testing.assert_allclose(stuck[:, -1], np.asarray(x0), atol=1e-9)  # the resonance: x' = x every step
+    samples, acc = _run(FunctionPotential(_harmonic(k)), _harmonic(k), x0, masses, 1024, 60, n_traj, dt_fs, jitter=0.5)
+    assert acc.mean() > 0.95
+    x = samples[:, 9::10, 0, 0]  # (1024, 6), every 10th step
+    ess = mcmc_diagnostics(x, np.ones(x.shape, bool)).observables["value"].ess
+    assert ess > 2000, ess  # the jittered chains move: thousands of effectively independent draws
+    assert stats.kstest(x.ravel(), stats.norm(0, np.sqrt(sigma2)).cdf).pvalue > 0.01
+    x2 = (samples**2).mean(axis=(2, 3))
+    ess_x2 = mcmc_diagnostics(x2, np.ones(x2.shape, bool)).observables["value"].ess * 3
+    assert abs(x2.mean() - sigma2) < 4 * sigma2 * np.sqrt(2 / ess_x2), (x2.mean(), sigma2, ess_x2)
 
 
 def _morse(D, a, r0):

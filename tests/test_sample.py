@@ -284,6 +284,7 @@ def test_transient_failures_are_retried_for_every_kind_of_target():
     (dict(on_failure="ignore"), "on_failure"),
     (dict(target_acceptance=1.0), "target_acceptance"),
     (dict(burn_in_steps=-1), "burn_in_steps"),
+    (dict(timestep_jitter=1.0), "timestep_jitter"),
     (dict(temperature="300"), "temperature"),
 ])
 def test_bad_settings_are_clear_errors_before_anything_is_compiled(change, match):
