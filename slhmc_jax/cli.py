@@ -31,16 +31,40 @@ def add_run_parser(sub) -> None:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _load_config(command: str, load, path):
+    """``load(path)``, or None after printing the config error (the command then exits 2)."""
+    from slhmc_jax import config as cfg
+
+    try:
+        return load(path)
+    except cfg.ConfigError as err:
+        print(f"slhmc {command}: error in the config: {err}", file=sys.stderr)
+        return None
+
+
+def _run_to_report(command: str, job):
+    """Run ``job() -> report JSON path`` and print the wall time (s) and the report's paths; the report as a
+    dict, or None after printing the error (a ConfigError or another ValueError; the command then exits 2)."""
+    import json
+
+    start = time.perf_counter()
+    try:
+        report_path = job()
+    except ValueError as err:
+        print(f"slhmc {command}: error: {err}", file=sys.stderr)
+        return None
+    print(f"\nwall time {time.perf_counter() - start:.0f} s; report: {report_path} and {report_path.with_suffix('.md')}")
+    return json.loads(report_path.read_text())
+
+
 def run_workflow(args) -> int:
     from pathlib import Path
 
     from slhmc_jax import config as cfg
 
     path = Path(args.config) if args.config else cfg.quickstart_path()
-    try:
-        config = cfg.load(path)
-    except cfg.ConfigError as err:
-        print(f"slhmc run: error in the config: {err}", file=sys.stderr)
+    config = _load_config("run", cfg.load, path)
+    if config is None:
         return 2
     from slhmc_jax import workflow
 
@@ -52,16 +76,9 @@ def run_workflow(args) -> int:
     if args.dry_run:
         return 0
     run_dir = Path(args.run_dir) if args.run_dir else Path(f"slhmc-run-{path.stem}")
-    start = time.perf_counter()
-    try:
-        report_path = workflow.run(config, run_dir, progress=not args.quiet)
-    except cfg.ConfigError as err:
-        print(f"slhmc run: error: {err}", file=sys.stderr)
+    report = _run_to_report("run", lambda: workflow.run(config, run_dir, progress=not args.quiet))
+    if report is None:
         return 2
-    import json
-
-    report = json.loads(report_path.read_text())
-    print(f"\nwall time {time.perf_counter() - start:.0f} s; report: {report_path} and {report_path.with_suffix('.md')}")
     for it in report["metadata"]["iterations"]:
         print(f"  SLHMC iteration {it['iteration']} (proposal {it['proposal']}): acceptance {it['acceptance']:.3f}, "
               f"{it['target_calls']} target calls")
@@ -89,24 +106,15 @@ def run_validate(args) -> int:
     from slhmc_jax import config as cfg
 
     path = Path(args.config) if args.config else cfg.validate_path()
-    try:
-        config = cfg.load_validation(path)
-    except cfg.ConfigError as err:
-        print(f"slhmc validate: error in the config: {err}", file=sys.stderr)
+    config = _load_config("validate", cfg.load_validation, path)
+    if config is None:
         return 2
     from slhmc_jax import validate
 
     run_dir = Path(args.run_dir) if args.run_dir else Path(f"slhmc-validate-{path.stem}")
-    start = time.perf_counter()
-    try:
-        report_path = validate.run(config, run_dir, progress=not args.quiet)
-    except (cfg.ConfigError, ValueError) as err:
-        print(f"slhmc validate: error: {err}", file=sys.stderr)
+    data = _run_to_report("validate", lambda: validate.run(config, run_dir, progress=not args.quiet))
+    if data is None:
         return 2
-    import json
-
-    data = json.loads(report_path.read_text())
-    print(f"\nwall time {time.perf_counter() - start:.0f} s; report: {report_path} and {report_path.with_suffix('.md')}")
     print("  target calls: " + ", ".join(f"{k} {v}" for k, v in data["target_calls"].items()))
     for proposal, values in data["ess_per_target_call_ratio"].items():
         for name, ratio in values.items():

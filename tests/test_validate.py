@@ -13,6 +13,8 @@ from slhmc_jax import validate as val
 from slhmc_jax.diagnostics import chain_statistics
 from slhmc_jax.integrators import KB_EV_PER_K
 
+from toy_models import BondModel  # tests/toy_models.py
+
 T = 300.0
 KT = KB_EV_PER_K * T
 # three anisotropic harmonic wells E = sum_ia k_ia x_ia^2 / 2: masses amu, k eV/A^2, nine distinct frequencies
@@ -156,19 +158,6 @@ def target():
     return PotentialTarget(FunctionPotential(morse_energy))
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class BondModel:
-    """A harmonic bond E = e0 + k/2 (r - r0)^2 (eV), trainable (k eV/A^2, r0 A, e0 eV)."""
-
-    params: dict
-    cutoff = None
-    atomic_numbers = None
-
-    def energy(self, params, positions, cell, atomic_numbers, neighbours=None):
-        r = jnp.linalg.norm(positions[1] - positions[0])
-        return params["e0"] + 0.5 * params["k"] * (r - params["r0"]) ** 2
-
-
 def foundation():
     """A proposal with the target's stiffness and a bond 0.06 A (about 1.3 thermal widths) short."""
     return BondModel({"k": jnp.asarray(8.0), "r0": jnp.asarray(1.14), "e0": jnp.asarray(-1.0)})
@@ -302,6 +291,17 @@ def test_a_system_too_large_for_direct_md_is_refused_before_anything_runs(tmp_pa
     with pytest.raises(cfg.ConfigError, match=r"max_md_cost_s: direct target MD would need 1928 force calls"):
         val.Validation(config, tmp_path / "b", foundation=foundation())
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_bussi_on_a_free_molecule_is_warned_of():
+    import warnings
+
+    with pytest.warns(UserWarning, match="not ergodic"):
+        val.warn_if_thermostat_not_ergodic(val.MDSettings("bussi", T, 1.0, 10), (False, False, False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither a periodic crystal under Bussi nor BAOAB on a molecule
+        val.warn_if_thermostat_not_ergodic(val.MDSettings("bussi", T, 1.0, 10), (True, True, True))
+        val.warn_if_thermostat_not_ergodic(val.MDSettings("baoab", T, 1.0, 10), (False, False, False))
 
 
 def test_cli_validate_reports_config_errors(tmp_path, capsys):

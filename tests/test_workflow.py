@@ -1,6 +1,5 @@
 """slhmc run: the self-learning workflow and its control arms, end to end on cheap targets; the config."""
 
-import dataclasses
 import json
 
 import jax.numpy as jnp
@@ -10,25 +9,9 @@ import pytest
 from slhmc_jax import config as cfg
 from slhmc_jax import workflow
 
+from toy_models import BondModel  # tests/toy_models.py
+
 MORSE = dict(epsilon=1.0, r0=1.2, rho0=2.4)  # target: ASE Morse, D = 1 eV, a = 2 / A, r0 = 1.2 A
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class BondModel:
-    """A harmonic bond E = e0 + k/2 (r - r0)^2 (eV), trainable: params k (eV/A^2), r0 (A), e0 (eV).
-
-    Against a Morse target it is misspecified on purpose: a quadratic fitted to the labels of one
-    region of bond lengths is only right there, so where the training configurations come from
-    decides how well the fine-tuned model reproduces the target's bond-length distribution.
-    """
-
-    params: dict
-    cutoff = None
-    atomic_numbers = None
-
-    def energy(self, params, positions, cell, atomic_numbers, neighbours=None):
-        r = jnp.linalg.norm(positions[1] - positions[0])
-        return params["e0"] + 0.5 * params["k"] * (r - params["r0"]) ** 2
 
 
 def foundation():
