@@ -42,10 +42,17 @@ def _load_config(command: str, load, path):
         return None
 
 
-def _run_to_report(command: str, job):
+def _run_to_report(command: str, job, run_dir):
     """Run ``job() -> report JSON path`` and print the wall time (s) and the report's paths; the report as a
-    dict, or None after printing the error (a ConfigError or another ValueError; the command then exits 2)."""
+    dict, or None after printing the error (a ConfigError or another ValueError; the command then exits 2).
+
+    A target that fails for good (SCF not converged after the retry ladder, NaN energy) ends the command
+    with exit status 1 and a message, not a traceback: every result before it is in the run directory's
+    label store, and the same command resumes from them without repeating one.
+    """
     import json
+
+    from slhmc_jax.targets.base import TargetEvaluationError
 
     start = time.perf_counter()
     try:
@@ -53,6 +60,10 @@ def _run_to_report(command: str, job):
     except ValueError as err:
         print(f"slhmc {command}: error: {err}", file=sys.stderr)
         return None
+    except TargetEvaluationError as err:
+        print(f"slhmc {command}: the target failed: {err}\nEvery earlier target result is kept in "
+              f"{run_dir / 'labels.sqlite'}; the same command resumes from them.", file=sys.stderr)
+        raise SystemExit(1) from None
     print(f"\nwall time {time.perf_counter() - start:.0f} s; report: {report_path} and {report_path.with_suffix('.md')}")
     return json.loads(report_path.read_text())
 
@@ -76,7 +87,7 @@ def run_workflow(args) -> int:
     if args.dry_run:
         return 0
     run_dir = Path(args.run_dir) if args.run_dir else Path(f"slhmc-run-{path.stem}")
-    report = _run_to_report("run", lambda: workflow.run(config, run_dir, progress=not args.quiet))
+    report = _run_to_report("run", lambda: workflow.run(config, run_dir, progress=not args.quiet), run_dir)
     if report is None:
         return 2
     for it in report["metadata"]["iterations"]:
@@ -112,7 +123,7 @@ def run_validate(args) -> int:
     from slhmc_jax import validate
 
     run_dir = Path(args.run_dir) if args.run_dir else Path(f"slhmc-validate-{path.stem}")
-    data = _run_to_report("validate", lambda: validate.run(config, run_dir, progress=not args.quiet))
+    data = _run_to_report("validate", lambda: validate.run(config, run_dir, progress=not args.quiet), run_dir)
     if data is None:
         return 2
     print("  target calls: " + ", ".join(f"{k} {v}" for k, v in data["target_calls"].items()))

@@ -47,7 +47,9 @@
 Feasibility rule (checked before anything runs; :func:`check_direct_md_feasible`): direct MD is
 refused for more than ``max_atoms`` atoms, or when replicas x (1 + burn_in_steps + md_steps) force
 calls x [cost] seconds_per_call exceeds ``max_md_cost_s``. Bussi on a system that is not fully periodic
-is warned of (:func:`warn_if_thermostat_not_ergodic`).
+is warned of (:func:`warn_if_thermostat_not_ergodic`). On a molecule, before the MD, the target's
+energy under three rigid rotations is compared with the start's (:func:`check_rotation_invariance`,
+4 energy calls, not charged to either sampler): a spread over 0.25 kT is warned of and reported.
 
 Output (``RUN_DIR``): ``validation.json``, ``validation.md``, ``figures/validation_<observable>.png``
 (histograms, direct MD against each SLHMC proposal), ``labels.sqlite``, ``md.npz``,
@@ -62,6 +64,7 @@ Output (``RUN_DIR``): ``validation.json``, ``validation.md``, ``figures/validati
     target_calls, acceptance    {sampler: value}
     runtime_s                   {phase: seconds when it ran, total, this_session}; target_seconds {sampler: {wall, cpu}}
     kinetic_temperature_K       {mean: the MD's, thermostat_K}
+    rotation_check              {energy_spread_eV, kT_eV, n_target_calls} (molecules; null for crystals)
     finetune, settings, system, figures   what was run and written
 
 The ESS ratios are of production runs: SLHMC's calls include its start, warm-up and burn-in, the
@@ -346,6 +349,65 @@ def warn_if_thermostat_not_ergodic(settings: MDSettings, pbc) -> None:
                       f"so the direct MD is not ergodic there; use thermostat = \"baoab\"", UserWarning, stacklevel=3)
 
 
+# rigid rotations of the rotation check: angle (deg) about a fixed axis, none of them a symmetry of a molecule
+ROTATION_CHECK = ((23.0, (1.0, 0.0, 0.0)), (41.0, (0.0, 1.0, 0.3)), (67.0, (0.4, -0.2, 1.0)))
+ROTATION_TOLERANCE_KT = 0.25
+
+
+@dataclasses.dataclass(frozen=True)
+class RotationCheck:
+    """The target energy of a free molecule under rigid rotations: E(R x) - E(x) over ROTATION_CHECK.
+
+    A target is rotation invariant in exact arithmetic; a numerical one need not be (PySCF's atom-centred
+    integration grids are fixed in space: on TiO2 PBE/STO-3G, E varies by 65 meV over a 30 deg rotation at
+    grids_level 0, 4 meV at level 1, 0.5 meV at level 3). Both samplers then sample the same non-invariant
+    Boltzmann distribution, but its orientational mode decorrelates only by rotational diffusion, slowly
+    in both, so the comparison of energies (and, through the torque, of geometry) needs far longer runs.
+    """
+
+    energy_spread_eV: float  # max - min of the target energy over the start geometry and its rotations
+    kT_eV: float
+    n_target_calls: int
+
+    @property
+    def invariant(self) -> bool:
+        return self.energy_spread_eV <= ROTATION_TOLERANCE_KT * self.kT_eV
+
+    def warn_if_not_invariant(self) -> None:
+        """UserWarning naming the spread in meV and in kT when it exceeds ROTATION_TOLERANCE_KT kT."""
+        if self.invariant:
+            return
+        import warnings
+
+        warnings.warn(f"the target energy changes by {1e3 * self.energy_spread_eV:.2f} meV "
+                      f"({self.energy_spread_eV / self.kT_eV:.2f} kT) under rigid rotations of the molecule: the target "
+                      f"is not rotation invariant (for PySCF: the integration grid is too coarse, raise [target] "
+                      f"grids_level). Both samplers sample its distribution, but the orientational mode mixes slowly in "
+                      f"both, so the comparison needs much longer runs", UserWarning, stacklevel=3)
+
+
+def check_rotation_invariance(atoms, target, temperature_K: float, *, store=None) -> RotationCheck:
+    """Target energies (eV) of ``atoms`` and of its rigid rotations about the centre of mass (ROTATION_CHECK),
+    their spread, and a UserWarning when it exceeds ROTATION_TOLERANCE_KT kT (``RotationCheck.warn_if_not_invariant``).
+    Every result goes to ``store`` like any other target call."""
+    from ase.units import kB
+
+    from slhmc_jax.store import cached
+
+    judge = cached(_energy_only(target), store)
+    configs = [atoms.copy()]
+    for angle, axis in ROTATION_CHECK:
+        a = atoms.copy()
+        a.rotate(angle, axis, center="COM")
+        configs.append(a)
+    for a in configs:
+        a.calc = None
+    energies = np.array([r.energy_eV for r in judge.evaluate(configs, [0] * len(configs))])
+    check = RotationCheck(float(energies.max() - energies.min()), float(kB * temperature_K), len(configs))
+    check.warn_if_not_invariant()
+    return check
+
+
 # ----------------------------------------------------------------------------------------
 # observables and the comparison (pure, numpy)
 
@@ -578,6 +640,21 @@ class Validation:
 
     # ---- phases
 
+    def rotation_check(self) -> dict | None:
+        """:func:`check_rotation_invariance` of the start geometry (systems not periodic in all three
+        directions only), its result kept in rotation_check.json (a rerun warns again from it)."""
+        if all(bool(p) for p in self.atoms.pbc):
+            return None
+        path = self.dir / "rotation_check.json"
+        if path.exists():
+            data = json.loads(path.read_text())
+            RotationCheck(**data).warn_if_not_invariant()
+            return data
+        check = check_rotation_invariance(self.atoms, self.target, self.md.temperature_K, store=self.store)
+        data = dataclasses.asdict(check)
+        _write_text(path, json.dumps(data))
+        return data
+
     def direct_md(self) -> dict:
         path = self.dir / "md.npz"
         if path.exists():
@@ -656,6 +733,7 @@ class Validation:
 
     def run(self) -> Path:
         t_start = time.perf_counter()
+        self.rotation = self.rotation_check()
         md = self.direct_md()
         self.runtime["direct_md"] = float(md["wall_s"])
         self.finetune_info = None
@@ -722,6 +800,7 @@ class Validation:
             "acceptance": {p: float(r["acceptance"]) for p, r in runs.items()},
             "kinetic_temperature_K": {"mean": float(np.mean(md["kinetic_temperature_K"])),
                                       "thermostat_K": self.md.temperature_K},
+            "rotation_check": self.rotation,
             "runtime_s": {k: round(float(v), 2) for k, v in self.runtime.items()},
             "target_seconds": {"direct_md": {"wall": md_sec, "cpu": float(md["target_cpu_s"])},
                                **{p: {"wall": float(r["target_wall_s"]), "cpu": float(r["target_cpu_s"])} for p, r in runs.items()}},
@@ -802,6 +881,14 @@ def report_markdown(data: dict, figures=()) -> str:
         f"{data['kinetic_temperature_K']['mean']:.1f} K",
         "- SLHMC: " + "; ".join(f"{p} proposal, acceptance {a:.3f}, {data['target_calls'][p]} target calls"
                                for p, a in data["acceptance"].items()),
+    ]
+    rot = data.get("rotation_check")
+    if rot:
+        verdict = "invariant" if RotationCheck(**rot).invariant else "NOT invariant"
+        lines.append(f"- rotation check ({rot['n_target_calls']} energy calls, not charged): the target energy spans "
+                     f"{1e3 * rot['energy_spread_eV']:.2f} meV ({rot['energy_spread_eV'] / rot['kT_eV']:.2f} kT) over rigid "
+                     f"rotations of the start geometry: {verdict} (tolerance {ROTATION_TOLERANCE_KT:g} kT)")
+    lines += [
         "",
         "KS: two-sample Kolmogorov-Smirnov test on draws thinned by their integrated autocorrelation time "
         "(p > 0.05: no evidence that SLHMC and direct MD sample different distributions). W1: Wasserstein distance "

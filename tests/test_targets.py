@@ -135,7 +135,7 @@ def test_failing_scf_goes_through_ladder_then_names_settings():
         t.evaluate([_h2o()])
     err = info.value
     assert err.settings["ladder"] == [name for name, _, _ in PySCFTarget.LADDER]
-    assert err.settings["ladder"] == ["plain", "level_shift", "damping", "smearing", "fresh_guess"]
+    assert err.settings["ladder"] == ["plain", "newton", "level_shift", "damping", "smearing", "fresh_guess"]
     assert err.settings["max_cycle"] == 1 and err.settings["conv_tol"] == 1e-14
     assert err.settings["xc"] == "PBE" and err.settings["basis"] == "sto-3g"
     msg = str(err)
@@ -150,7 +150,7 @@ def test_ladder_rescues_a_failed_first_rung(monkeypatch):
     monkeypatch.setattr(PySCFTarget, "LADDER", ladder)
     t = PySCFTarget("pbe", basis="sto-3g", grids_level=1, conv_tol=1e-11, warm_start=False)
     r = t.evaluate([_h2o()])[0]
-    assert r.info["retries"] == ["level_shift"]
+    assert r.info["retries"] == ["newton"]
     mf = dft.RKS(gto.M(atom=H2O_DIRECT, basis="sto-3g", unit="Angstrom", verbose=0))
     mf.xc, mf.grids.level, mf.conv_tol = "PBE", 1, 1e-11
     assert abs(r.energy_eV / Hartree - mf.kernel()) < 1e-8

@@ -229,6 +229,8 @@ def test_slhmc_and_direct_md_sample_the_same_distribution(toy_validation):
     # fine-tuning on the direct-MD labels moved the proposal toward the target: higher acceptance
     assert data["acceptance"]["finetuned"] > data["acceptance"]["foundation"]
     assert data["finetune"]["source"] == "direct_md" and data["finetune"]["extra_target_calls"] == 0
+    # the Morse dimer's energy is rotation invariant; the check's 4 energy calls are reported, not charged
+    assert data["rotation_check"]["energy_spread_eV"] < 1e-9 and data["rotation_check"]["n_target_calls"] == 4
     # every target result is in the label store (MD frames with forces)
     from slhmc_jax.store import LabelStore
 
@@ -304,6 +306,40 @@ def test_bussi_on_a_free_molecule_is_warned_of():
         val.warn_if_thermostat_not_ergodic(val.MDSettings("baoab", T, 1.0, 10), (False, False, False))
 
 
+def test_a_target_that_depends_on_orientation_is_warned_of():
+    """A dimer energy with a term in the bond's direction (an external field, as a coarse fixed integration grid
+    acts): the rotation check measures its spread exactly and warns; the isotropic Morse passes."""
+    import ase
+    from ase.units import kB
+
+    from slhmc_jax.models.base import FunctionPotential
+    from slhmc_jax.targets import PotentialTarget
+
+    field = 0.05  # eV
+
+    def anisotropic(positions, cell, numbers):
+        d = positions[1] - positions[0]
+        return morse_energy(positions, cell, numbers) + field * (d[0] / jnp.linalg.norm(d)) ** 2
+
+    dimer = ase.Atoms("N2", positions=[[0, 0, 0], [1.2, 0, 0]])
+    with pytest.warns(UserWarning, match="not rotation invariant"):
+        check = val.check_rotation_invariance(dimer, PotentialTarget(FunctionPotential(anisotropic)), T)
+    axis_cos = []
+    for angle, axis in val.ROTATION_CHECK:
+        a = dimer.copy()
+        a.rotate(angle, axis, center="COM")
+        d = a.positions[1] - a.positions[0]
+        axis_cos.append(d[0] / np.linalg.norm(d))
+    expected = field * (1.0 - min(c**2 for c in axis_cos))  # the bond starts along x: cos^2 = 1, the maximum
+    assert check.energy_spread_eV == pytest.approx(expected, rel=1e-9) and check.kT_eV == pytest.approx(kB * T)
+    assert not check.invariant and check.n_target_calls == 4
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert val.check_rotation_invariance(dimer, target(), T).energy_spread_eV < 1e-12
+
+
 def test_cli_validate_reports_config_errors(tmp_path, capsys):
     from slhmc_jax import cli
 
@@ -311,6 +347,22 @@ def test_cli_validate_reports_config_errors(tmp_path, capsys):
     path.write_text("[validate]\nthermostat = 'nose'\n")
     assert cli.main(["validate", str(path), "--run-dir", str(tmp_path / "run")]) == 2
     assert "[validate] thermostat" in capsys.readouterr().err
+
+
+def test_cli_validate_reports_a_failed_target_without_a_traceback(tmp_path, capsys, monkeypatch):
+    from slhmc_jax import cli
+    from slhmc_jax.targets.base import TargetEvaluationError
+
+    def failing_run(config, run_dir, progress=True):
+        raise TargetEvaluationError("SCF did not converge for O2Ti after the retry ladder ['plain', 'newton']")
+
+    monkeypatch.setattr(val, "run", failing_run)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["validate", "--run-dir", str(tmp_path / "run"), "--quiet"])
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "the target failed: SCF did not converge for O2Ti" in err and "Traceback" not in err
+    assert str(tmp_path / "run" / "labels.sqlite") in err and "resumes" in err
 
 
 def test_packaged_default_and_example_configs_are_valid_and_the_same():
