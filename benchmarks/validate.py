@@ -10,9 +10,11 @@ Targets:
 - ``--quick``: an analytic TiO2 "teacher" (:func:`teacher_energy`: Morse Ti-O bonds, r0 = 1.62 A, and a
   harmonic O-Ti-O bend, 110 deg; the packaged MACE has 1.6365 A and 108.2 deg, i.e. a functional gap of
   about one thermal width of the bond), evaluated through ``PotentialTarget`` (milliseconds per call), so
-  the run takes a few minutes on 2 cores; every call is still counted and stored. PySCF PBE with even a
-  minimal basis costs 1-4 s per force call on this shared 2-core machine, too slow for a quick run.
-- default: ``examples/validate.toml`` (PySCF PBE/STO-3G, about 30 min here), the same as ``slhmc validate``.
+  the run takes under a minute on 2 cores (48 s, December 2026); every call is still counted and stored.
+  PySCF PBE/STO-3G at a rotation-invariant grid (level 2) costs 0.77 s per force call here, too slow for a
+  quick run.
+- default: ``examples/validate.toml`` (PySCF PBE/STO-3G, grid level 2: 41 min here, 26 of them the MD's 2001
+  force calls), the same as ``slhmc validate``.
 
 The MD's friction is not a strawman: on the teacher (8 replicas x 1200 steps at 1 fs) the direct-MD ESS per
 force call of the bond length is 0.087 / 0.086 / 0.082 / 0.079 / 0.073 at gamma = 2 / 5 / 20 / 50 / 100 per ps,

@@ -126,8 +126,11 @@ def test_batch_means_iat_of_an_ar1_series_and_the_comparison_statistics():
         return x + shift
 
     phi = 0.8  # tau = 9
-    tau = val.batch_means_iat(ar1(phi, (16, 4000)))
+    series = ar1(phi, (16, 4000))
+    tau = val.batch_means_iat(series)
     assert abs(tau / 9.0 - 1) < 0.2, tau
+    # the standard error of the mean: sd sqrt(tau / N) with the closed-form tau (unit variance)
+    assert abs(val.mean_standard_error(series) / np.sqrt(9.0 / series.size) - 1) < 0.15
     md, same, shifted = ar1(phi, (8, 2000)), ar1(0.0, (8, 300)), ar1(0.0, (8, 300), shift=0.3)
     c = val.compare_observable(md, same, md_calls=16000, slhmc_calls=2400, n_bootstrap=200)
     assert c.ks_pvalue > 0.01 and c.wasserstein[1] == 0.0
