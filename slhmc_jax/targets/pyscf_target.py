@@ -15,9 +15,9 @@ Backend: ``device="auto"`` runs gpu4pyscf (``mf.to_gpu()``) where cupy/gpu4pyscf
 CUDA device is visible, CPU PySCF otherwise; resolved in the process that evaluates.
 
 Failures: a non-converged SCF goes through a retry ladder (``PySCFTarget.LADDER``): plain,
-second-order SCF (``mf.newton()``), level shift, damping (+ late DIIS), smearing (a Fermi-smeared SCF whose density seeds an
-*unsmeared* SCF, so the energy is always the same functional of the same kind of density),
-and a fresh minao guess. If every rung fails, a ``TargetEvaluationError`` naming the
+second-order SCF (``mf.newton()``), level shift, damping (+ late DIIS), smearing (a Fermi-smeared
+SCF whose density seeds an *unsmeared* SCF, so the energy is always the same functional of the
+same kind of density), and a fresh minao guess. If every rung fails, a ``TargetEvaluationError`` naming the
 configuration, the rungs tried and every setting (incl. max_cycle, conv_tol) is raised.
 
 Sampler policy for a failed evaluation (implemented in ``slhmc_jax.sample``): retrying the
