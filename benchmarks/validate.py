@@ -11,7 +11,7 @@ Targets:
   harmonic O-Ti-O bend, 110 deg; the packaged MACE has 1.6365 A and 108.2 deg, i.e. a functional gap of
   about one thermal width of the bond), evaluated through ``PotentialTarget`` (milliseconds per call), so
   the run takes under a minute on 2 cores (48 s, December 2026); every call is still counted and stored.
-  PySCF PBE/STO-3G at a rotation-invariant grid (level 2) costs 0.77 s per force call here, too slow for a
+  PySCF PBE/STO-3G at a rotation-invariant grid (level 2) costs 0.78 s per force call here, too slow for a
   quick run.
 - default: ``examples/validate.toml`` (PySCF PBE/STO-3G, grid level 2: 41 min here, 26 of them the MD's 2001
   force calls), the same as ``slhmc validate``.

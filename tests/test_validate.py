@@ -13,7 +13,7 @@ from slhmc_jax import validate as val
 from slhmc_jax.diagnostics import chain_statistics
 from slhmc_jax.integrators import KB_EV_PER_K
 
-from toy_models import BondModel  # tests/toy_models.py
+from toy_models import MORSE, BondModel  # tests/toy_models.py
 
 T = 300.0
 KT = KB_EV_PER_K * T
@@ -142,8 +142,6 @@ def test_batch_means_iat_of_an_ar1_series_and_the_comparison_statistics():
 
 # ----------------------------------------------------------------------------------------
 # the pipeline on an analytic target: SLHMC and direct MD sample the same distribution
-
-MORSE = dict(epsilon=1.0, r0=1.2, rho0=2.4)  # ASE Morse, D = 1 eV, a = 2 / A, r0 = 1.2 A: the config's target
 
 
 def morse_energy(positions, cell, numbers):

@@ -9,9 +9,7 @@ import pytest
 from slhmc_jax import config as cfg
 from slhmc_jax import workflow
 
-from toy_models import BondModel  # tests/toy_models.py
-
-MORSE = dict(epsilon=1.0, r0=1.2, rho0=2.4)  # target: ASE Morse, D = 1 eV, a = 2 / A, r0 = 1.2 A
+from toy_models import MORSE, BondModel  # tests/toy_models.py
 
 
 def foundation():

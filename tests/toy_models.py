@@ -4,6 +4,8 @@ import dataclasses
 
 import jax.numpy as jnp
 
+MORSE = dict(epsilon=1.0, r0=1.2, rho0=2.4)  # the tests' target: ASE Morse, D = 1 eV, a = 2 / A, r0 = 1.2 A
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class BondModel:
