@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from slhmc_jax import neighbours as nl
-from slhmc_jax import observables
+from slhmc_jax.analysis import observables
 from slhmc_jax.structures import rutile
 
 SIZES = {72: (2, 2, 3), 576: (4, 4, 6), 4608: (8, 8, 12)}

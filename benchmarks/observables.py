@@ -4,7 +4,7 @@ Frames: rutile TiO2 2x2x3 (72 atoms, cell 9.19 x 9.19 x 8.88 A, thinner than 2 r
 minimum image is not enough), thermal displacements of 0.1 A and cells that differ frame to
 frame (NPT-like). g_Ti-O(r) on [0, 6) A in 200 bins.
 
-- ours: :func:`slhmc_jax.observables.rdf` on all frames (JAX, jitted, vmapped chunks);
+- ours: :func:`slhmc_jax.analysis.observables.rdf` on all frames (JAX, jitted, vmapped chunks);
 - numpy: a vectorised direct image sum per frame (27 images x 24 x 48 pairs, ``np.histogram``);
 - ase: ``ase.neighborlist.neighbor_list('ijd')`` per frame, Ti-O pairs histogrammed.
 
@@ -24,7 +24,7 @@ import time
 import jax
 import numpy as np
 
-from slhmc_jax import observables as ob
+from slhmc_jax.analysis import observables as ob
 from slhmc_jax.structures import rutile
 
 R_MAX, N_BINS = 6.0, 200

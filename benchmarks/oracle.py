@@ -59,7 +59,7 @@ def _direct_pyscf(atoms, basis, ke_cutoff, kmesh, forces, conv_tol):
 
 def _store_overhead(atoms, target, result, n=20):
     """Mean seconds of one LabelStore put + get (fresh key each time)."""
-    from slhmc_jax.store import LabelStore
+    from slhmc_jax.targets.store import LabelStore
 
     with tempfile.TemporaryDirectory() as d:
         store = LabelStore(os.path.join(d, "s.sqlite"))

@@ -3,7 +3,7 @@
 System: 72-atom rutile TiO2 (2x2x3 cells), MACE with the MP-0 "small" hyperparameters and random
 weights, float32, velocity Verlet. Three ways to run the same chains:
 
-- ours, vmapped: ``slhmc_jax.hmc.hmc_kernel(...).propose`` (what ``sample`` calls every step: fresh
+- ours, vmapped: ``slhmc_jax.sampler.kernels.hmc_kernel(...).propose`` (what ``sample`` calls every step: fresh
   neighbour lists, Maxwell-Boltzmann momenta, the whole trajectory of every chain in one compiled
   call; sharded over the chain axis when several devices are visible);
 - ours, sequential: the same compiled function on one chain at a time, chain after chain;
@@ -72,10 +72,10 @@ def main():
     import jax.numpy as jnp
     import numpy as np
 
-    from slhmc_jax import hmc
+    from slhmc_jax.sampler import kernels as hmc
     from slhmc_jax import neighbours as nb
-    from slhmc_jax.hmc import default_chain_batch_size
-    from slhmc_jax.sampling import shard_chains
+    from slhmc_jax.sampler.kernels import default_chain_batch_size
+    from slhmc_jax.sampler.driver import shard_chains
     from slhmc_jax.structures import rutile
 
     atoms = rutile(repeat=(2, 2, 3))

@@ -1,6 +1,6 @@
 """Benchmark SLHMC against its named reference, direct MD on the target's own forces: ESS per target call.
 
-``slhmc_jax.validate`` on the TiO2 molecule at 300 K: direct BAOAB Langevin MD on the target's forces
+``slhmc_jax.app.validate`` on the TiO2 molecule at 300 K: direct BAOAB Langevin MD on the target's forces
 (the reference) and SLHMC judged by the same target, proposed by the packaged LDA MACE ("foundation")
 and by that MACE fine-tuned on direct-MD frames ("finetuned"). Printed per observable (the Ti-O bond
 length, the target energy): the ESS per target call of each sampler and the ratio SLHMC / direct MD,
@@ -76,8 +76,8 @@ def teacher_exact_means(temperature_K: float = 300.0, n: int = 241) -> dict:
 def exact_check(run_dir: Path, config) -> dict:
     """Each sampler's mean against the quadrature value, in standard errors (sd / sqrt(n / tau), tau the larger of
     the ArviZ and batch-means IAT): {observable: {"exact": value, sampler: {"mean", "stderr", "z"}}}."""
-    from slhmc_jax import validate
-    from slhmc_jax.diagnostics import chain_statistics
+    from slhmc_jax.app import validate
+    from slhmc_jax.analysis.diagnostics import chain_statistics
 
     exact = teacher_exact_means(config.workflow.sampler.temperature_K)
     md = dict(np.load(run_dir / "md.npz"))
@@ -101,7 +101,7 @@ def quick_config():
     foundation proposal's transient: with 20 steps discarded its target energy came out 4 sigma low (-0.0025 eV
     in 256 chains x 250 steps; 50-step blocks of a 1000-step run: -0.0049, -0.0023, -0.0007, then 0 within
     0.0006), while 256 chains x 800 steps after 100 burn-in steps are unbiased (+0.0002 +- 0.0006 eV)."""
-    from slhmc_jax import config as cfg
+    from slhmc_jax.app import config as cfg
 
     data = {
         "run": {"seed": 0},
@@ -127,8 +127,8 @@ def main(argv=None) -> int:
     ap.add_argument("--run-dir", dest="run_dir", default=None, help="run directory (default: a temporary one)")
     args = ap.parse_args(argv)
 
-    from slhmc_jax import config as cfg
-    from slhmc_jax import validate
+    from slhmc_jax.app import config as cfg
+    from slhmc_jax.app import validate
 
     t0 = time.perf_counter()
     if args.quick:

@@ -11,7 +11,7 @@ Printed and written (``--json PATH``), per run: HSE06 calls, HSE06 CPU seconds (
 ``time.process_time`` over the target's batches: PySCF runs in-process), acceptance, the fraction
 of HSE06 calls the screen saved, the ESS of the per-frame Ti-O nearest-neighbour distance
 (``SampleResult.structural_statistics``: ``observables.nearest_neighbour_distances`` and ArviZ's
-ESS via ``slhmc_jax.diagnostics``) and ESS per HSE06 CPU-second.
+ESS via ``slhmc_jax.analysis.diagnostics``) and ESS per HSE06 CPU-second.
 
     python scripts/screened_example.py [--n-chains 4] [--n-steps 20] [--json screened.json]
 

@@ -59,9 +59,9 @@ def main(argv=None) -> int:
 
     import slhmc_jax
     from slhmc_jax import finetune
-    from slhmc_jax.dispatch import DispatchedTarget
+    from slhmc_jax.targets.dispatch import DispatchedTarget
     from slhmc_jax.models import mace
-    from slhmc_jax.store import LabelStore, label_forces
+    from slhmc_jax.targets.store import LabelStore, label_forces
     from slhmc_jax.structures import molecule
     from slhmc_jax.targets import PySCFTarget
 

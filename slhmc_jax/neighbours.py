@@ -55,7 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slhmc_jax import _jax_config  # noqa: F401
+from slhmc_jax import precision  # noqa: F401
 
 _BRUTE_CHUNK_ELEMENTS = 1 << 21  # candidate pairs evaluated per scan step of the brute search
 

@@ -11,7 +11,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from slhmc_jax import _jax_config  # noqa: F401
+from slhmc_jax import precision  # noqa: F401
 from slhmc_jax.neighbours import validate_geometry
 
 # rutile TiO2, P4_2/mnm, room temperature (Howard, Sabine & Dickson, Acta Cryst. B47, 462 (1991))

@@ -1,10 +1,10 @@
-"""Warm-up tuning (slhmc_jax.adaptation) against a closed-form acceptance model."""
+"""Warm-up tuning (slhmc_jax.sampler.adaptation) against a closed-form acceptance model."""
 
 import math
 
 import numpy as np
 
-from slhmc_jax.adaptation import timestep_and_length
+from slhmc_jax.sampler.adaptation import timestep_and_length
 
 
 def _acceptances(dt_fs, n_steps, dt0=2.0, tau0=40.0):

@@ -81,7 +81,7 @@ def _spawn(path, ck, ensemble, kill_at="none", sleep_s=0.0):
 
 
 def _n_recorded(ck):
-    from slhmc_jax.checkpoint import read_state
+    from slhmc_jax.sampler.checkpoint import read_state
 
     try:
         return read_state(ck).n_recorded
@@ -103,7 +103,7 @@ def test_sigkill_during_warmup_then_resume_is_bit_identical(script, tmp_path):
     # call 1 is the start energy, calls 2..7 the six warm-up steps: die inside warm-up step 4
     proc = _spawn(path, ck, "nvt", kill_at=5)
     assert proc.wait(timeout=120) == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
-    from slhmc_jax.checkpoint import read_state
+    from slhmc_jax.sampler.checkpoint import read_state
 
     saved = read_state(ck)
     assert saved.n_warmup == 3 and saved.n_recorded == 0
@@ -223,7 +223,7 @@ def test_pyscf_store_forces_sigkill_resume_repeats_no_dft_call(tmp_path):
     were missing, and gives the same chain as an uninterrupted run."""
     from test_store import _rows  # the store's row count, read-only while another process writes it
 
-    from slhmc_jax.store import LabelStore
+    from slhmc_jax.targets.store import LabelStore
 
     script = tmp_path / "pyscf_run.py"
     script.write_text(PYSCF_SCRIPT)

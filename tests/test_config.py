@@ -1,11 +1,11 @@
-"""slhmc_jax.config: every key of every table refuses a bad value with an error naming the table and key."""
+"""slhmc_jax.app.config: every key of every table refuses a bad value with an error naming the table and key."""
 
 import dataclasses
 import typing
 
 import pytest
 
-from slhmc_jax import config as cfg
+from slhmc_jax.app import config as cfg
 
 
 def _keys():
@@ -98,7 +98,7 @@ def test_dry_run_prints_the_plan_and_runs_nothing(name, tmp_path, capsys, monkey
     """Done-when 5: the rutile configs validate and `--dry-run` prints the planned target calls and the cost."""
     from pathlib import Path
 
-    from slhmc_jax import cli, workflow
+    from slhmc_jax.app import cli, workflow
 
     monkeypatch.chdir(tmp_path)
     path = Path(__file__).resolve().parent.parent / "examples" / f"{name}.toml"

@@ -1,4 +1,4 @@
-"""slhmc_jax.diagnostics against closed forms: AR(1) ESS / IAT, R-hat of well-mixed SLHMC chains, error quantiles."""
+"""slhmc_jax.analysis.diagnostics against closed forms: AR(1) ESS / IAT, R-hat of well-mixed SLHMC chains, error quantiles."""
 
 import jax
 import jax.numpy as jnp
@@ -6,10 +6,10 @@ import numpy as np
 from scipy import stats
 
 import slhmc_jax  # noqa: F401  (x64)
-from slhmc_jax import hmc
-from slhmc_jax.integrators import KB_EV_PER_K
+from slhmc_jax.sampler import kernels as hmc
+from slhmc_jax.sampler.integrators import KB_EV_PER_K
 from slhmc_jax.models.base import FunctionPotential
-from slhmc_jax.diagnostics import energy_error_distribution, mcmc_diagnostics
+from slhmc_jax.analysis.diagnostics import energy_error_distribution, mcmc_diagnostics
 
 
 def _ar1(phi, n_chains, n_draws, seed):

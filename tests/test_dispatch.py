@@ -12,7 +12,7 @@ import pytest
 from ase import Atoms
 from ase.units import Hartree
 
-from slhmc_jax.dispatch import DispatchedTarget, dask_executor
+from slhmc_jax.targets.dispatch import DispatchedTarget, dask_executor
 from slhmc_jax.targets import PySCFTarget, TargetEvaluationError
 
 # H2O / def2-SVP / PBE / grid level 2: ~0.3-0.5 s per SCF, long enough for a kill to land mid-batch.

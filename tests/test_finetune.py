@@ -172,7 +172,7 @@ def bit_identical(a, b) -> bool:
 
 
 def test_labels_read_alike_from_atoms_info_extxyz_and_label_store(frames, tmp_path):
-    from slhmc_jax.store import LabelStore
+    from slhmc_jax.targets.store import LabelStore
     from slhmc_jax.targets.base import TargetResult
 
     spc = frames[:3]
@@ -405,7 +405,7 @@ def test_resumed_run_ends_with_the_parameters_of_an_uninterrupted_run(naive_run,
 
 
 def test_cli_finetune_with_toml_settings_matches_the_library(naive_run, frames, tiny, tmp_path):
-    from slhmc_jax import cli
+    from slhmc_jax.app import cli
 
     ase.io.write(tmp_path / "train.extxyz", frames[:16], format="extxyz")
     ase.io.write(tmp_path / "valid.extxyz", frames[16:], format="extxyz")

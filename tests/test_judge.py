@@ -1,11 +1,11 @@
-"""slhmc_jax.judge: one batched query per step, the label store, isolation of failures, counting."""
+"""slhmc_jax.targets.judge: one batched query per step, the label store, isolation of failures, counting."""
 
 import numpy as np
 import pytest
 from ase import Atoms
 
-from slhmc_jax.judge import Judge
-from slhmc_jax.store import LabelStore
+from slhmc_jax.targets.judge import Judge
+from slhmc_jax.targets.store import LabelStore
 from slhmc_jax.targets import TargetEvaluationError
 
 

@@ -7,8 +7,8 @@ import numpy as np
 from scipy import stats
 
 import slhmc_jax  # noqa: F401
-from slhmc_jax import hmc
-from slhmc_jax.integrators import KB_EV_PER_K
+from slhmc_jax.sampler import kernels as hmc
+from slhmc_jax.sampler.integrators import KB_EV_PER_K
 
 T, P_GPA, N = 300.0, 0.5, 4
 

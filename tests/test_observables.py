@@ -1,4 +1,4 @@
-"""slhmc_jax.observables against independent references and closed forms.
+"""slhmc_jax.analysis.observables against independent references and closed forms.
 
 RDF: a direct O(N^2) sum over a generous cube of periodic images written here; rutile bond
 lengths from the crystal structure; W1 against scipy; bootstrap coverage on AR(1) series with a
@@ -15,8 +15,8 @@ from ase.geometry import cellpar_to_cell
 from scipy.stats import wasserstein_distance
 
 import slhmc_jax  # noqa: F401  (x64)
-from slhmc_jax import observables as ob
-from slhmc_jax.integrators import KB_EV_PER_K
+from slhmc_jax.analysis import observables as ob
+from slhmc_jax.sampler.integrators import KB_EV_PER_K
 from slhmc_jax.structures import rutile
 
 A, C, U = 4.594, 2.959, 0.305  # rutile TiO2

@@ -1,4 +1,4 @@
-"""slhmc analyze and slhmc_jax.report on run directories written from real runs.
+"""slhmc analyze and slhmc_jax.analysis.report on run directories written from real runs.
 
 The end-to-end case is a real SLHMC run (H2O, PySCF PBE/STO-3G judge, harmonic proposal) as
 the target reference, plus a "foundation" arm of exact draws from the proposal model's own
@@ -15,10 +15,10 @@ from ase.build import molecule
 from scipy.stats import wasserstein_distance
 
 import slhmc_jax
-from slhmc_jax import cli
-from slhmc_jax import run_directory as rd
-from slhmc_jax.integrators import KB_EV_PER_K
-from slhmc_jax.report import ReportSettings, analyze, report_dict
+from slhmc_jax.app import cli
+from slhmc_jax.analysis import run_directory as rd
+from slhmc_jax.sampler.integrators import KB_EV_PER_K
+from slhmc_jax.analysis.report import ReportSettings, analyze, report_dict
 from slhmc_jax.structures import rutile
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

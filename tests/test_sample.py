@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import slhmc_jax
-from slhmc_jax.integrators import KB_EV_PER_K
+from slhmc_jax.sampler.integrators import KB_EV_PER_K
 from slhmc_jax.models.base import FunctionPotential
 from slhmc_jax.targets.base import TargetEvaluationError
 
@@ -50,7 +50,7 @@ def test_sample_einstein_variance_and_result_shapes():
     d = res.diagnostics
     energy = d.mcmc.observables["target_energy_eV"]
     assert 0 < d.acceptance < 1 and energy.ess > 100 and len(res.proposal_hash) == 64
-    from slhmc_jax.diagnostics import chain_statistics
+    from slhmc_jax.analysis.diagnostics import chain_statistics
 
     post = chain_statistics(res.target_energies[:, 20:])
     assert np.isfinite(post.rhat) and post.rhat > 0.99
@@ -111,7 +111,7 @@ def test_overflow_mid_trajectory_reruns_and_gives_the_same_chain():
 
     import jax
 
-    from slhmc_jax import hmc
+    from slhmc_jax.sampler import kernels as hmc
     from slhmc_jax import neighbours as nb
 
     atoms, lj, target = _lj_system()
@@ -141,7 +141,7 @@ def test_overflow_mid_trajectory_reruns_and_gives_the_same_chain():
 
 
 def test_proposal_step_compiles_once_across_dt_L_and_runs():
-    from slhmc_jax import hmc
+    from slhmc_jax.sampler import kernels as hmc
 
     _run(n_steps=2, n_chains=4)
     before = hmc._propose_hmc_jit._cache_size(), hmc._accept_hmc_jit._cache_size()
@@ -288,7 +288,7 @@ def test_transient_failures_are_retried_for_every_kind_of_target():
     (dict(temperature="300"), "temperature"),
 ])
 def test_bad_settings_are_clear_errors_before_anything_is_compiled(change, match):
-    from slhmc_jax import hmc
+    from slhmc_jax.sampler import kernels as hmc
 
     before = hmc._propose_hmc_jit._cache_size()
     calls = []
@@ -412,7 +412,7 @@ def test_screen_bad_inputs_are_clear_errors():
 
 
 def test_screen_and_target_periodicity_must_agree():
-    from slhmc_jax.sampling import _check_screen
+    from slhmc_jax.sampler.driver import _check_screen
     from slhmc_jax.targets import PySCFTarget, as_target
 
     atoms = _atoms()

@@ -16,7 +16,7 @@ import pytest
 from ase import Atoms
 from ase.units import Hartree
 
-from slhmc_jax.store import LabelStore, cached
+from slhmc_jax.targets.store import LabelStore, cached
 from slhmc_jax.targets import ASETarget, PySCFTarget
 
 N_BATCH = 8
@@ -59,7 +59,7 @@ DRIVER = textwrap.dedent("""
     import os, sys, time
     import numpy as np
     from ase import Atoms
-    from slhmc_jax.store import cached
+    from slhmc_jax.targets.store import cached
     from slhmc_jax.targets import PySCFTarget
 
     db, counter, out = sys.argv[1], sys.argv[2], sys.argv[3]

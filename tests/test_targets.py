@@ -219,7 +219,7 @@ def test_more_bad_input_clear_errors():
 def test_gpu4pyscf_selected_when_available(monkeypatch):
     import importlib.util
 
-    from slhmc_jax import dispatch
+    from slhmc_jax.targets import dispatch
     from slhmc_jax.targets import pyscf_target
 
     if importlib.util.find_spec("cupy") is None or importlib.util.find_spec("gpu4pyscf") is None:
@@ -281,7 +281,7 @@ def test_potential_target_equals_the_calculator_and_samples_its_own_distribution
 
     import slhmc_jax
     from slhmc_jax.calculator import Calculator
-    from slhmc_jax.integrators import KB_EV_PER_K
+    from slhmc_jax.sampler.integrators import KB_EV_PER_K
     from slhmc_jax.models import registry
     from slhmc_jax.models.base import FunctionPotential
     from slhmc_jax.targets import PotentialTarget

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from slhmc_jax import config as cfg
-from slhmc_jax import validate as val
-from slhmc_jax.diagnostics import chain_statistics
-from slhmc_jax.integrators import KB_EV_PER_K
+from slhmc_jax.app import config as cfg
+from slhmc_jax.app import validate as val
+from slhmc_jax.analysis.diagnostics import chain_statistics
+from slhmc_jax.sampler.integrators import KB_EV_PER_K
 
 from toy_models import MORSE, BondModel  # tests/toy_models.py
 
@@ -85,7 +85,7 @@ def test_thermostat_samples_the_harmonic_canonical_distribution(thermostat):
 def test_bussi_rescaling_gives_the_canonical_kinetic_energy_distribution():
     """K of n_f = 9 degrees of freedom after repeated rescaling from a cold start: Gamma(n_f / 2, kT),
     mean n_f kT / 2 and variance n_f (kT)^2 / 2 (free particles: no dynamics, the rescaling alone)."""
-    from slhmc_jax import integrators as ig
+    from slhmc_jax.sampler import integrators as ig
 
     m = jnp.asarray(MASSES)
     @jax.jit
@@ -233,7 +233,7 @@ def test_slhmc_and_direct_md_sample_the_same_distribution(toy_validation):
     # the Morse dimer's energy is rotation invariant; the check's 4 energy calls are reported, not charged
     assert data["rotation_check"]["energy_spread_eV"] < 1e-9 and data["rotation_check"]["n_target_calls"] == 4
     # every target result is in the label store (MD frames with forces)
-    from slhmc_jax.store import LabelStore
+    from slhmc_jax.targets.store import LabelStore
 
     assert len(LabelStore(run_dir / "labels.sqlite")) >= 8 * 240
     assert (run_dir / "validation.md").read_text().startswith("# SLHMC validation")
@@ -342,7 +342,7 @@ def test_a_target_that_depends_on_orientation_is_warned_of():
 
 
 def test_cli_validate_reports_config_errors(tmp_path, capsys):
-    from slhmc_jax import cli
+    from slhmc_jax.app import cli
 
     path = tmp_path / "bad.toml"
     path.write_text("[validate]\nthermostat = 'nose'\n")
@@ -351,7 +351,7 @@ def test_cli_validate_reports_config_errors(tmp_path, capsys):
 
 
 def test_cli_validate_reports_a_failed_target_without_a_traceback(tmp_path, capsys, monkeypatch):
-    from slhmc_jax import cli
+    from slhmc_jax.app import cli
     from slhmc_jax.targets.base import TargetEvaluationError
 
     def failing_run(config, run_dir, progress=True):

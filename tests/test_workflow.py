@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from slhmc_jax import config as cfg
-from slhmc_jax import workflow
+from slhmc_jax.app import config as cfg
+from slhmc_jax.app import workflow
 
 from toy_models import MORSE, BondModel  # tests/toy_models.py
 
@@ -61,8 +61,8 @@ def test_the_papers_claim_in_miniature(toy_run):
 
 
 def test_the_run_directory_holds_what_the_report_needs(toy_run):
-    from slhmc_jax import run_directory as rd
-    from slhmc_jax.store import LabelStore
+    from slhmc_jax.analysis import run_directory as rd
+    from slhmc_jax.targets.store import LabelStore
 
     path, report = toy_run
     run = rd.read_run_directory(path)
@@ -83,7 +83,7 @@ import os, sys
 sys.path.insert(0, os.environ["SLHMC_TESTS"])
 from ase.calculators.morse import MorsePotential
 from test_workflow import MORSE, foundation, toy_config
-from slhmc_jax import workflow
+from slhmc_jax.app import workflow
 
 
 class Counted(MorsePotential):

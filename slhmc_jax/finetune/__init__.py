@@ -14,7 +14,7 @@ the weight EMA), ``step`` (the pure jitted train and eval steps), ``reference_en
 least squares), ``checkpoint``, ``history`` (metrics files and plot), ``trainer`` (the loop).
 """
 
-from slhmc_jax import _jax_config  # noqa: F401  (float64 available)
+from slhmc_jax import precision  # noqa: F401  (float64 available)
 from slhmc_jax.finetune.data import LabelledStructure, read_structures
 from slhmc_jax.finetune.history import EpochMetrics
 from slhmc_jax.finetune.settings import FinetuneSettings

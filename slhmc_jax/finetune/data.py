@@ -4,7 +4,7 @@ Host-side NumPy only: nothing here compiles, so every data error surfaces before
 
 Labels are read, in this order of precedence, from
   1. ``atoms.info["REF_energy"]``, ``atoms.arrays["REF_forces"]``, ``atoms.info["REF_stress"]``
-     (the keys :meth:`slhmc_jax.store.LabelStore.export_extxyz` writes and mace-torch reads);
+     (the keys :meth:`slhmc_jax.targets.store.LabelStore.export_extxyz` writes and mace-torch reads);
   2. the results of an attached calculator (ASE's ``SinglePointCalculator``, which is what
      ``ase.io.read`` attaches for extxyz ``energy`` / ``forces`` / ``stress``);
   3. ``atoms.info["energy"]``, ``atoms.arrays["forces"]``, ``atoms.info["stress"]``.
@@ -136,7 +136,7 @@ def _is_sqlite(path: str) -> bool:
 
 
 def _from_label_store(path: str) -> list[LabelledStructure]:
-    from slhmc_jax.store import LabelStore
+    from slhmc_jax.targets.store import LabelStore
 
     out = []
     for numbers, pos, cell, pbc, energy, forces, stress in LabelStore(path).rows():

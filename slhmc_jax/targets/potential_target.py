@@ -29,7 +29,7 @@ class PotentialTarget:
     """
 
     def __init__(self, potential, compute_forces: bool = True, skin_A: float = 0.5):
-        from slhmc_jax.sampling import proposal_hash
+        from slhmc_jax.sampler.driver import proposal_hash
 
         self.potential = potential
         self.compute_forces = bool(compute_forces)

@@ -10,9 +10,9 @@
      x += dt/2 p/m; F = F_target(x); p += dt/2 F;
    - "bussi": stochastic velocity rescaling (Bussi, Donadio & Parrinello 2007), symmetric
      splitting: p *= alpha(dt/2); velocity Verlet step; p *= alpha(dt/2)
-     (:func:`slhmc_jax.integrators.bussi_factor`).
+     (:func:`slhmc_jax.sampler.integrators.bussi_factor`).
 
-   The thermostat rules are pure functions (:mod:`slhmc_jax.integrators`, jitted here in
+   The thermostat rules are pure functions (:mod:`slhmc_jax.sampler.integrators`, jitted here in
    :func:`md_kernel`); the target is called on the host once per MD step with all replicas in
    one batch (warm starts per replica), every result committed to the label store before it is
    used, every configuration counted. Start: Maxwell-Boltzmann momenta, ``burn_in_steps``
@@ -37,9 +37,9 @@
      each chain, tau the larger of ArviZ's and the batch-means estimate, :func:`batch_means_iat`,
      which an MD trajectory's oscillating autocorrelation does not fool), so that the draws are
      close to independent and the p-value is honest;
-   - Wasserstein W1 with its moving-block bootstrap interval (:func:`slhmc_jax.observables.wasserstein`,
+   - Wasserstein W1 with its moving-block bootstrap interval (:func:`slhmc_jax.analysis.observables.wasserstein`,
      blocks from the same conservative tau);
-   - the ESS of the observable (:func:`slhmc_jax.diagnostics.chain_statistics`, one estimator for
+   - the ESS of the observable (:func:`slhmc_jax.analysis.diagnostics.chain_statistics`, one estimator for
      both, credited at most the number of draws: :func:`capped_ess`) per target call (every call counted: the MD's force calls, SLHMC's start, warm-up,
      burn-in and production judgements), and the ratio SLHMC / direct MD; also per second of
      target time (a force call costs more than an energy).
@@ -85,9 +85,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slhmc_jax import _jax_config  # noqa: F401  (float64)
-from slhmc_jax import config as cfg
-from slhmc_jax import integrators as ig
+from slhmc_jax import precision  # noqa: F401  (float64)
+from slhmc_jax.app import config as cfg
+from slhmc_jax.sampler import integrators as ig
 
 SAMPLERS = ("direct_md",) + cfg.VALIDATE_PROPOSALS
 
@@ -247,7 +247,7 @@ def run_direct_md(atoms, target, settings: MDSettings, *, store=None, progress: 
         atoms: ase.Atoms, the start of every replica (fixed cell).
         target: anything :func:`slhmc_jax.targets.as_target` accepts that computes forces.
         settings: :class:`MDSettings`.
-        store: a :class:`slhmc_jax.store.LabelStore`, its path, or None: every target result is
+        store: a :class:`slhmc_jax.targets.store.LabelStore`, its path, or None: every target result is
             committed there before the step uses it (a rerun with the same seed is answered from it).
         progress: tqdm progress bar.
 
@@ -256,7 +256,7 @@ def run_direct_md(atoms, target, settings: MDSettings, *, store=None, progress: 
     """
     from tqdm.auto import tqdm
 
-    from slhmc_jax.store import cached
+    from slhmc_jax.targets.store import cached
     from slhmc_jax.targets.base import as_target, with_forces
 
     t_start = time.perf_counter()
@@ -397,7 +397,7 @@ def check_rotation_invariance(atoms, target, temperature_K: float, *, store=None
     Every result goes to ``store`` like any other target call."""
     from ase.units import kB
 
-    from slhmc_jax.store import cached
+    from slhmc_jax.targets.store import cached
 
     judge = cached(_energy_only(target), store)
     configs = [atoms.copy()]
@@ -494,8 +494,8 @@ def compare_observable(md_values, slhmc_values, md_calls: int, slhmc_calls: int,
     """
     from scipy.stats import ks_2samp
 
-    from slhmc_jax.diagnostics import chain_statistics
-    from slhmc_jax.observables import wasserstein
+    from slhmc_jax.analysis.diagnostics import chain_statistics
+    from slhmc_jax.analysis.observables import wasserstein
 
     md, sl = np.asarray(md_values, np.float64), np.asarray(slhmc_values, np.float64)
     s_md, s_sl = chain_statistics(md, md_calls), chain_statistics(sl, slhmc_calls)
@@ -540,7 +540,7 @@ def frame_observables(positions, cell, numbers, pbc, energies, pairs, k: int) ->
     """
     from ase.data import atomic_numbers
 
-    from slhmc_jax.observables import nearest_neighbour_distances
+    from slhmc_jax.analysis.observables import nearest_neighbour_distances
 
     positions = np.asarray(positions, np.float64)
     C, F, N = positions.shape[:3]
@@ -594,7 +594,7 @@ def _energy_only(target):
 
 
 def _write_text(path: Path, text: str) -> None:
-    from slhmc_jax.workflow import _write_text as write
+    from slhmc_jax.app.workflow import _write_text as write
 
     write(path, text)
 
@@ -605,8 +605,8 @@ class Validation:
     result already in the label store is reused."""
 
     def __init__(self, config: cfg.ValidationConfig, run_dir, *, foundation=None, target=None, progress: bool = True):
-        from slhmc_jax import workflow as wf
-        from slhmc_jax.store import LabelStore
+        from slhmc_jax.app import workflow as wf
+        from slhmc_jax.targets.store import LabelStore
         from slhmc_jax.targets import as_target
 
         self.config = config
@@ -677,7 +677,7 @@ class Validation:
                   f"+ {self.md.n_steps}) steps of {self.md.timestep_fs:g} fs ({self.md.n_force_calls} force calls, "
                   f"estimated {self.md_cost_estimate_s:.0f} s)")
         r = run_direct_md(self.atoms, self.target, self.md, store=self.store, progress=self.progress)
-        from slhmc_jax.workflow import _write_npz
+        from slhmc_jax.app.workflow import _write_npz
 
         arrays = dict(positions=r.positions, cell=r.cell, numbers=r.numbers, pbc=r.pbc, energies=r.energies,
                       forces=r.forces, kinetic_temperature_K=r.kinetic_temperature_K, n_target_calls=r.n_target_calls,
@@ -690,7 +690,7 @@ class Validation:
         from ase.calculators.singlepoint import SinglePointCalculator
 
         from slhmc_jax import finetune
-        from slhmc_jax.workflow import _load_model, _save_model
+        from slhmc_jax.app.workflow import _load_model, _save_model
 
         stem = self.dir / "models" / "finetuned"
         R, n = md["energies"].shape
@@ -722,7 +722,7 @@ class Validation:
 
     def slhmc(self, name: str, proposal, offset: int) -> dict:
         import slhmc_jax
-        from slhmc_jax.workflow import _write_npz
+        from slhmc_jax.app.workflow import _write_npz
 
         out = self.dir / f"slhmc_{name}" / "samples.npz"
         if out.exists():
@@ -784,7 +784,7 @@ class Validation:
         return path
 
     def report_dict(self, md, runs, md_obs, sl_obs, comp) -> dict:
-        from slhmc_jax.report import _formula
+        from slhmc_jax.analysis.report import _formula
 
         names = list(md_obs)
         ratio_s = {}
@@ -837,7 +837,7 @@ class Validation:
 
 
 def _clean(value):
-    from slhmc_jax.report import _clean as clean
+    from slhmc_jax.analysis.report import _clean as clean
 
     return clean(value)
 
@@ -848,7 +848,7 @@ def _clean(value):
 
 def write_figures(md_obs: dict, sl_obs: dict, comp: dict, directory) -> list:
     """One histogram overlay per observable: direct MD (filled) against each SLHMC proposal; [(path, title)]."""
-    from slhmc_jax.report import _colours, _figure, _hist_edges, _save
+    from slhmc_jax.analysis.report import _colours, _figure, _hist_edges, _save
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ an impossible value raises :class:`ConfigError` naming the table, the key and wh
     [system]      SystemConfig     the structure (a molecule, rutile, an ASE crystal, a file)
     [model]       ModelConfig      the foundation model (a MACE-MP name, a file, a registry model)
     [target]      TargetConfig     the judge (PySCF, an ASE calculator), dispatch
-    [sampler]     SamplerSettings  the SLHMC production runs (slhmc_jax.sampling)
+    [sampler]     SamplerSettings  the SLHMC production runs (slhmc_jax.sampler.driver)
     [finetune]    FinetuneSettings the recipe shared by every arm (slhmc_jax.finetune)
     [relabel]     RelabelConfig    the relabel control: sampling of the base model's distribution
     [evaluation]  EvaluationConfig the sampling of each arm's model and the observables
@@ -354,7 +354,7 @@ class WorkflowConfig:
 
 def _tables():
     from slhmc_jax.finetune import FinetuneSettings
-    from slhmc_jax.sampling import SamplerSettings
+    from slhmc_jax.sampler.driver import SamplerSettings
 
     return {"run": RunConfig, "system": SystemConfig, "model": ModelConfig, "target": TargetConfig,
             "sampler": SamplerSettings, "finetune": FinetuneSettings, "relabel": RelabelConfig,

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from slhmc_jax.store import CachedTarget, LabelStore
+from slhmc_jax.targets.store import CachedTarget, LabelStore
 from slhmc_jax.targets.base import TargetEvaluationError, as_target, with_forces
 
 FAILURE_POLICIES = ("raise", "reject")

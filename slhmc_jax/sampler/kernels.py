@@ -18,7 +18,7 @@ whatever the ML energy is (it only enters through Phi), so the chain leaves
 p(x) ∝ exp(-beta E_target(x)) invariant for ANY proposal model (Duane et al. 1987; Nagai et al.,
 PRB 102, 041124 (2020)). A trajectory whose neighbour list overflowed is not Phi (pairs were
 dropped) and is rejected here; the driver re-runs it with a larger list instead
-(:func:`slhmc_jax.sampling.sample`), so it is never used.
+(:func:`slhmc_jax.sampler.driver.sample`), so it is never used.
 
 Divergent trajectories. A trajectory is divergent when it is not finite or its own energy error
 |dH_ML| = |E_ML(x') + K(p') - E_ML(x) - K(p)| exceeds ``DIVERGENCE_KT`` kT (Stan's
@@ -65,7 +65,7 @@ import jax
 import jax.numpy as jnp
 
 from slhmc_jax import neighbours as nb
-from slhmc_jax.integrators import KB_EV_PER_K, kinetic_energy, maxwell_boltzmann, velocity_verlet_batch
+from slhmc_jax.sampler.integrators import KB_EV_PER_K, kinetic_energy, maxwell_boltzmann, velocity_verlet_batch
 
 EV_PER_A3_IN_GPA = 160.21766208
 DIVERGENCE_KT = 1000.0  # |dH_ML| above this many kT marks a divergent trajectory

@@ -1,10 +1,10 @@
 """Command line.
 
 - ``slhmc run [CONFIG] [--run-dir DIR] [--dry-run]``: the self-learning workflow and its control arms
-  (:mod:`slhmc_jax.workflow`); without a config the embedded quickstart;
+  (:mod:`slhmc_jax.app.workflow`); without a config the embedded quickstart;
 - ``slhmc analyze RUN_DIR`` / ``slhmc analyze TRAJ --reference REF``: the report;
 - ``slhmc validate [CONFIG] [--run-dir DIR]``: SLHMC against direct MD on the target's own forces
-  (:mod:`slhmc_jax.validate`); without a config the embedded default (TiO2, PySCF PBE);
+  (:mod:`slhmc_jax.app.validate`); without a config the embedded default (TiO2, PySCF PBE);
 - ``slhmc finetune``: optax fine-tuning of a MACE model on labelled structures;
 - ``slhmc neighbours``: neighbour statistics of a rutile supercell.
 """
@@ -33,7 +33,7 @@ def add_run_parser(sub) -> None:
 
 def _load_config(command: str, load, path):
     """``load(path)``, or None after printing the config error (the command then exits 2)."""
-    from slhmc_jax import config as cfg
+    from slhmc_jax.app import config as cfg
 
     try:
         return load(path)
@@ -71,13 +71,13 @@ def _run_to_report(command: str, job, run_dir):
 def run_workflow(args) -> int:
     from pathlib import Path
 
-    from slhmc_jax import config as cfg
+    from slhmc_jax.app import config as cfg
 
     path = Path(args.config) if args.config else cfg.quickstart_path()
     config = _load_config("run", cfg.load, path)
     if config is None:
         return 2
-    from slhmc_jax import workflow
+    from slhmc_jax.app import workflow
 
     plan = workflow.plan(config)
     print(f"slhmc run: {path} ({config.run.iterations} SLHMC iterations, arms {', '.join(config.run.arms)}; "
@@ -114,13 +114,13 @@ def add_validate_parser(sub) -> None:
 def run_validate(args) -> int:
     from pathlib import Path
 
-    from slhmc_jax import config as cfg
+    from slhmc_jax.app import config as cfg
 
     path = Path(args.config) if args.config else cfg.validate_path()
     config = _load_config("validate", cfg.load_validation, path)
     if config is None:
         return 2
-    from slhmc_jax import validate
+    from slhmc_jax.app import validate
 
     run_dir = Path(args.run_dir) if args.run_dir else Path(f"slhmc-validate-{path.stem}")
     data = _run_to_report("validate", lambda: validate.run(config, run_dir, progress=not args.quiet), run_dir)
@@ -232,7 +232,7 @@ def add_analyze_parser(sub) -> None:
 def run_analyze(args) -> int:
     from pathlib import Path
 
-    from slhmc_jax import report
+    from slhmc_jax.analysis import report
 
     settings = report.ReportSettings(
         pairs=tuple(tuple(p) for p in args.pairs) if args.pairs else None, k=args.k, r_max_A=args.r_max_A,

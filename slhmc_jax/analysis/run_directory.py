@@ -29,7 +29,7 @@ bool, and optionally ``acceptance_probability`` (n_chains, n_steps), ``ml_energy
 (n_chains, n_steps), ``move`` (n_steps,) int (0 = HMC, 1 = cell move), ``n_target_calls`` ().
 
 Training-energy files: ``energies_target_eV`` (n,), ``energies_source_eV`` (n,), one entry per
-training configuration (for :func:`slhmc_jax.observables.importance_ess`).
+training configuration (for :func:`slhmc_jax.analysis.observables.importance_ess`).
 
 Paths in the manifest are relative to RUN_DIR. Every file is written to a temporary name and
 renamed, so an interrupted writer never leaves a half-written file under a final name.
@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slhmc_jax.observables import Frames
+from slhmc_jax.analysis.observables import Frames
 
 FORMAT = "slhmc-run"
 VERSION = 1
@@ -109,7 +109,7 @@ class FrameSet:
         return int(self.positions.shape[2])
 
     def frames(self) -> Frames:
-        """All frames, chain after chain, as :class:`slhmc_jax.observables.Frames`."""
+        """All frames, chain after chain, as :class:`slhmc_jax.analysis.observables.Frames`."""
         n = self.n_chains * self.n_frames
         return Frames(self.positions.reshape(n, self.n_atoms, 3), self.cells.reshape(n, 3, 3), self.numbers, self.pbc)
 

@@ -1,6 +1,6 @@
 """The self-learning workflow and its control arms: what ``slhmc run`` does.
 
-For a config (:mod:`slhmc_jax.config`) and a run directory:
+For a config (:mod:`slhmc_jax.app.config`) and a run directory:
 
 1. slhmc arm, iterations k = 0 .. K-1: a production SLHMC run with model_k frozen as the proposal
    and the target as the judge (every result, forces included, in the label store), then
@@ -25,7 +25,7 @@ Run directory::
     RUN_DIR/models/<model>.*       models: params (.params.pkl), MACE native (.npz) and mace-torch (.model)
     RUN_DIR/relabel/               the foundation's own samples and the relabel set
     RUN_DIR/evaluation/<arm>/      each arm's model sampled on its own
-    RUN_DIR/manifest.json, reference.npz, sampler.npz, arms/   the analysis inputs (slhmc_jax.run_directory)
+    RUN_DIR/manifest.json, reference.npz, sampler.npz, arms/   the analysis inputs (slhmc_jax.analysis.run_directory)
     RUN_DIR/report.json, report.md, figures/                   the report
     RUN_DIR/timings.json           seconds per phase (target DFT, ML sampling, training, analysis)
 
@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slhmc_jax import config as cfg
+from slhmc_jax.app import config as cfg
 
 PROMOTED_METADATA = ("time_breakdown_s", "iterations", "dft_calls")
 
@@ -92,7 +92,7 @@ def build_target(target: cfg.TargetConfig):
                     density_fit=target.density_fit, device=target.device, compute_forces=True)
     if target.dispatch == "serial":
         return t
-    from slhmc_jax.dispatch import DispatchedTarget, dask_executor
+    from slhmc_jax.targets.dispatch import DispatchedTarget, dask_executor
 
     executor = dask_executor(target.scheduler, n_workers=target.workers) if target.dispatch == "dask" else None
     return DispatchedTarget(t, executor=executor, max_workers=target.workers)
@@ -278,7 +278,7 @@ class Workflow:
     """One run of the workflow in a run directory (see the module docstring)."""
 
     def __init__(self, config: cfg.WorkflowConfig, run_dir, *, foundation=None, target=None, progress: bool = True):
-        from slhmc_jax.store import LabelStore
+        from slhmc_jax.targets.store import LabelStore
 
         self.config = config
         self.dir = Path(run_dir)
@@ -382,7 +382,7 @@ class Workflow:
 
     def _label(self, configs: list, chains: list) -> list:
         """Target results of ``configs`` through the store: with forces unless [run] labels = "energy"."""
-        from slhmc_jax.store import cached, label_forces
+        from slhmc_jax.targets.store import cached, label_forces
 
         if self.config.run.labels == "energy":
             return cached(self.target, self.store).evaluate(configs, chains)
@@ -459,8 +459,8 @@ class Workflow:
     # ---- report
 
     def report(self, samples: list, arms: dict, relabel_energies, iterations: list) -> Path:
-        from slhmc_jax import report as rep
-        from slhmc_jax import run_directory as rd
+        from slhmc_jax.analysis import report as rep
+        from slhmc_jax.analysis import run_directory as rd
 
         t0 = time.perf_counter()
 

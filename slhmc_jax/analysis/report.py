@@ -1,10 +1,10 @@
 """The report a scientist reads: report.json, report.md and PNG figures from a run's stored frames.
 
-:func:`analyze` turns a :class:`slhmc_jax.run_directory.RunData` (the target reference, each
+:func:`analyze` turns a :class:`slhmc_jax.analysis.run_directory.RunData` (the target reference, each
 arm's evaluation frames, the sampler traces) into an :class:`Analysis`: the structural
-observables of every frame set (:mod:`slhmc_jax.observables`), each arm's distances to the
+observables of every frame set (:mod:`slhmc_jax.analysis.observables`), each arm's distances to the
 reference with moving-block bootstrap intervals, the importance-weight ESS of training sets that
-carry source energies, and the sampler's diagnostics (:mod:`slhmc_jax.diagnostics`).
+carry source energies, and the sampler's diagnostics (:mod:`slhmc_jax.analysis.diagnostics`).
 :func:`write_report` renders it:
 
 - ``report.json``: ``arms.<arm>.wasserstein.<observable> = [W1, ci_low, ci_high]`` (the unit
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from slhmc_jax import observables as obs
-from slhmc_jax.run_directory import Arm, FrameSet, RunData, read_frames, read_run_directory
+from slhmc_jax.analysis import observables as obs
+from slhmc_jax.analysis.run_directory import Arm, FrameSet, RunData, read_frames, read_run_directory
 
 _CELL_METRICS = (
     ("a_A", "A", "lattice parameter a"),
@@ -54,7 +54,7 @@ class ReportSettings:
         r_max_A: RDF range, A. Default 6 where periodic, else the largest interatomic distance
             the frames support.
         n_bins: RDF bins.
-        n_bootstrap, confidence, seed: bootstrap intervals (:func:`slhmc_jax.observables.wasserstein`).
+        n_bootstrap, confidence, seed: bootstrap intervals (:func:`slhmc_jax.analysis.observables.wasserstein`).
     """
 
     pairs: tuple | None = None
@@ -135,7 +135,7 @@ class SamplerSummary:
     rhat: float | None
     ess_per_target_call: float | None
     n_target_calls: int | None
-    ml_energy_error: object | None  # slhmc_jax.diagnostics.EnergyErrorDistribution
+    ml_energy_error: object | None  # slhmc_jax.analysis.diagnostics.EnergyErrorDistribution
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,7 +237,7 @@ def _observe(frames: FrameSet, rdf_pairs, nn_pairs, k, r_max, n_bins, with_cells
 
 
 def _sampler_summary(run: RunData) -> SamplerSummary | None:
-    from slhmc_jax.diagnostics import mcmc_diagnostics
+    from slhmc_jax.analysis.diagnostics import mcmc_diagnostics
 
     trace = run.sampler
     if trace is None:

@@ -2,22 +2,22 @@
 
 One Metropolis step for all chains:
 
-1. propose: one compiled call (:func:`slhmc_jax.hmc.hmc_kernel`) draws momenta and runs the ML
+1. propose: one compiled call (:func:`slhmc_jax.sampler.kernels.hmc_kernel`) draws momenta and runs the ML
    trajectories of every chain; if a neighbour list overflowed, the layout grows
    (``neighbours.reallocate_for``) and the same trajectories are re-run (same keys): an
    overflowed trajectory is never used;
 2. judge: the host sends the proposed configurations to the target in one batched query
-   (:class:`slhmc_jax.judge.Judge`: label store, retries, failure policy); a divergent trajectory
+   (:class:`slhmc_jax.targets.judge.Judge`: label store, retries, failure policy); a divergent trajectory
    (non-finite, or an ML energy error above ``hmc.DIVERGENCE_KT`` kT) is rejected without a target
    call, and does not grow the neighbour layout. With a ``screen`` (delayed acceptance, see
-   :mod:`slhmc_jax.hmc`), the screen judges every non-divergent proposal first (one batched cheap
+   :mod:`slhmc_jax.sampler.kernels`), the screen judges every non-divergent proposal first (one batched cheap
    query, stage one) and only those that pass go to the target;
 3. accept: one compiled call applies the Metropolis test of every chain (float64; with a screen,
    the second stage);
-4. record: warm-up tuning (:mod:`slhmc_jax.adaptation`), the production record, the checkpoint
-   (:mod:`slhmc_jax.checkpoint`).
+4. record: warm-up tuning (:mod:`slhmc_jax.sampler.adaptation`), the production record, the checkpoint
+   (:mod:`slhmc_jax.sampler.checkpoint`).
 
-NPT alternates (step by step) such a move with a cell move (:func:`slhmc_jax.hmc.cell_kernel`).
+NPT alternates (step by step) such a move with a cell move (:func:`slhmc_jax.sampler.kernels.cell_kernel`).
 
 A run has three phases: warm-up (``warmup_steps``, dt and L tuned, nothing recorded), burn-in
 (``burn_in_steps``, fixed dt and L, nothing recorded) and production (``n_steps``, recorded).
@@ -37,12 +37,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slhmc_jax import adaptation as adapt
-from slhmc_jax import hmc
+from slhmc_jax.sampler import adaptation as adapt
+from slhmc_jax.sampler import kernels as hmc
 from slhmc_jax import neighbours as nb
 from slhmc_jax.calculator import check_species
-from slhmc_jax.checkpoint import Checkpoint
-from slhmc_jax.judge import FAILURE_POLICIES, Judge
+from slhmc_jax.sampler.checkpoint import Checkpoint
+from slhmc_jax.targets.judge import FAILURE_POLICIES, Judge
 
 ENSEMBLES = ("nvt", "npt", "npt_orthorhombic")
 _CHECKPOINT_VERSION = 4  # 4: ChainState.screen_energy and the delayed-acceptance counters
@@ -83,7 +83,7 @@ class SamplerSettings:
         max_trajectory_steps: upper bound of the tuned L (default 4 x trajectory_steps).
         max_log_cell_step: largest change of ln V (or each ln length) of a cell move (> 0).
         skin_A: Verlet skin of the proposal's neighbour list, A (>= 0).
-        on_failure: "raise" or "reject" (:mod:`slhmc_jax.judge`).
+        on_failure: "raise" or "reject" (:mod:`slhmc_jax.targets.judge`).
         max_retries: retries of a failed target evaluation (>= 0).
     """
 
@@ -186,7 +186,7 @@ class SamplerDiagnostics:
     """What a run measured about itself.
 
     Attributes:
-        mcmc: acceptance, ESS, IAT and R-hat (:class:`slhmc_jax.diagnostics.MCMCDiagnostics`) of the
+        mcmc: acceptance, ESS, IAT and R-hat (:class:`slhmc_jax.analysis.diagnostics.MCMCDiagnostics`) of the
             production samples: target energy (eV), and for NPT volume (A^3) and cell lengths a, b, c (A).
         timestep_fs, trajectory_steps: the production dt (fs) and L.
         ml_energy_error_eV: (n_chains, n_steps) ML-trajectory energy error (0 on cell moves,
@@ -194,7 +194,7 @@ class SamplerDiagnostics:
         acceptance_probability: (n_chains, n_steps) Metropolis probabilities.
         move: (n_steps,) 0 = HMC move, 1 = cell move.
         production_timestep_fs, production_trajectory_steps: (n_steps,) what each step used.
-        warmup: the tuning steps (:class:`slhmc_jax.adaptation.WarmupStep`).
+        warmup: the tuning steps (:class:`slhmc_jax.sampler.adaptation.WarmupStep`).
         warmup_steps, burn_in_steps: unrecorded steps before production (tuning / fixed).
         neighbour_reallocations: layout growths after an overflow.
         max_neighbours: slots per atom of the dense neighbour format (None: pair format).
@@ -327,8 +327,8 @@ class SampleResult:
         """
         from ase.data import chemical_symbols
 
-        from slhmc_jax.diagnostics import chain_statistics
-        from slhmc_jax.observables import nearest_neighbour_distances
+        from slhmc_jax.analysis.diagnostics import chain_statistics
+        from slhmc_jax.analysis.observables import nearest_neighbour_distances
 
         if pair is None:
             z, counts = np.unique(self.atomic_numbers, return_counts=True)
@@ -728,7 +728,7 @@ class _Driver:
     # ---- result
 
     def result(self, state: DriverState, records: list) -> SampleResult:
-        from slhmc_jax.diagnostics import mcmc_diagnostics
+        from slhmc_jax.analysis.diagnostics import mcmc_diagnostics
 
         s = self.settings
         rec = np.stack(records[: s.n_steps])
@@ -855,14 +855,14 @@ def sample(atoms, proposal, target, *, settings: SamplerSettings | None = None, 
         settings: a :class:`SamplerSettings`; or give its fields as keywords
             (temperature_K, n_chains, n_steps, trajectory_steps, timestep_fs, seed, ensemble,
             pressure_GPa, warmup_steps, burn_in_steps, ...).
-        store: a :class:`slhmc_jax.store.LabelStore` or its path: every target result is committed
+        store: a :class:`slhmc_jax.targets.store.LabelStore` or its path: every target result is committed
             there before it is used, and a configuration already there is not evaluated again.
             Default: none, or ``checkpoint + ".labels.sqlite"`` when checkpointing; False: none.
         labels: "energy", or "forces" to have the target compute forces at every proposal (a
             full training label per stored row). Measured here (PySCF PBE/STO-3G H2O, grid level
             0, warm-started, one thread): 0.048 s of CPU per energy, 0.069 s with forces (1.4x);
             analytic gradients cost relatively more for larger systems and periodic cells. The
-            cheaper alternative is :func:`slhmc_jax.store.label_forces` afterwards, for the states
+            cheaper alternative is :func:`slhmc_jax.targets.store.label_forces` afterwards, for the states
             that will be trained on (the accepted ones), which fills their store rows.
         checkpoint: path of the state file (records in ``path + ".records"``); written after every
             step; a run started with an existing checkpoint resumes from it (bit-identical to an
@@ -872,7 +872,7 @@ def sample(atoms, proposal, target, *, settings: SamplerSettings | None = None, 
             the start structures with ``skin_A``, in the dense per-atom format for models that
             prefer it); it grows on overflow like the default one.
         screen: a cheap energy for delayed acceptance (Christen & Fox 2005; derivation in
-            :mod:`slhmc_jax.hmc`), anything ``target`` may be (a Target, an ASE calculator, a
+            :mod:`slhmc_jax.sampler.kernels`), anything ``target`` may be (a Target, an ASE calculator, a
             callable): stage one accepts with min(1, exp(-beta [E_c' + K' - E_c - K])) (cell
             moves: min(1, J exp(-beta [E_c' + P V' - E_c - P V]))) and only the proposals that pass
             go to ``target``, which accepts them with min(1, exp(-beta [(E_t' - E_t) - (E_c' - E_c)])).
@@ -885,7 +885,7 @@ def sample(atoms, proposal, target, *, settings: SamplerSettings | None = None, 
             Counters and timings: :class:`SamplerDiagnostics` (``n_screen_rejected``,
             ``target_calls_saved_fraction``, ``stage_two_acceptance``, ``target_cpu_s``, ...).
 
-    Warm-up and burn-in: see :mod:`slhmc_jax.adaptation` and :class:`SamplerSettings`.
+    Warm-up and burn-in: see :mod:`slhmc_jax.sampler.adaptation` and :class:`SamplerSettings`.
 
     Raises:
         ValueError: bad settings or inputs (before anything is compiled), a start structure

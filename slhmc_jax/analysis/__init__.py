@@ -1,0 +1,1 @@
+"""Compare: structural observables, statistics, diagnostics, report and run directory."""

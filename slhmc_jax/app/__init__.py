@@ -1,0 +1,1 @@
+"""The application: config, workflow, validation, command line and file I/O."""
