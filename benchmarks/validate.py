@@ -76,20 +76,20 @@ def teacher_exact_means(temperature_K: float = 300.0, n: int = 241) -> dict:
 def exact_check(run_dir: Path, config) -> dict:
     """Each sampler's mean against the quadrature value, in standard errors (sd / sqrt(n / tau), tau the larger of
     the ArviZ and batch-means IAT): {observable: {"exact": value, sampler: {"mean", "stderr", "z"}}}."""
-    from slhmc_jax.app import validate
     from slhmc_jax.analysis.diagnostics import chain_statistics
+    from slhmc_jax.analysis.statistics import batch_means_iat
+    from slhmc_jax.app import validate
+    from slhmc_jax.sampler.trajectory import Trajectory
 
     exact = teacher_exact_means(config.workflow.sampler.temperature_K)
-    md = dict(np.load(run_dir / "md.npz"))
-    sets = {"direct_md": (md["positions"], md["cell"], md["energies"])}
+    sets = {"direct_md": Trajectory.load(run_dir / "md.npz")}  # md.npz and samples.npz are trajectory files
     for p in config.validate.proposals:
-        s = dict(np.load(run_dir / f"slhmc_{p}" / "samples.npz"))
-        sets[p] = (s["positions"], s["cells"], s["energies"])
+        sets[p] = Trajectory.load(run_dir / f"slhmc_{p}" / "samples.npz")
     out = {name: {"exact": value} for name, value in exact.items()}
-    for sampler, (x, cell, e) in sets.items():
-        obs = validate.frame_observables(x, cell, md["numbers"], (False,) * 3, e, (("Ti", "O"),), 2)
+    for sampler, frames in sets.items():
+        obs = validate.frame_observables(frames, (("Ti", "O"),), 2)
         for name, v in obs.items():
-            tau = max(chain_statistics(v).iat, np.nan_to_num(validate.batch_means_iat(v), nan=1.0))
+            tau = max(chain_statistics(v).iat, np.nan_to_num(batch_means_iat(v), nan=1.0))
             err = float(np.std(v) / np.sqrt(v.size / tau))
             out[name][sampler] = {"mean": float(np.mean(v)), "stderr": err, "z": float((np.mean(v) - exact[name]) / err)}
     return out

@@ -133,7 +133,7 @@ class Calculator(_AseCalculator):
 def check_species(potential: Potential, atomic_numbers) -> np.ndarray:
     """Host-side: ``atomic_numbers`` (n_atoms,) as an int array; ValueError naming every element
     missing from the potential's species table (any element passes a table of None)."""
-    from slhmc_jax.models.registry import SpeciesTable
+    from slhmc_jax.models.flax_potential import SpeciesTable
 
     z = np.asarray(atomic_numbers)
     table = getattr(potential, "atomic_numbers", None)

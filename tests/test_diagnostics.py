@@ -7,7 +7,7 @@ from scipy import stats
 
 import slhmc_jax  # noqa: F401  (x64)
 from slhmc_jax.sampler import kernels as hmc
-from slhmc_jax.sampler.integrators import KB_EV_PER_K
+from slhmc_jax.units import KB_EV_PER_K
 from slhmc_jax.models.base import FunctionPotential
 from slhmc_jax.analysis.diagnostics import energy_error_distribution, mcmc_diagnostics
 
@@ -27,7 +27,7 @@ def test_ess_and_iat_match_ar1_closed_form():
     phi, n_chains, n_draws = 0.8, 4, 20000
     x = _ar1(phi, n_chains, n_draws, 0)
     iat_exact = (1 + phi) / (1 - phi)  # sum over all lags of phi^|k|
-    d = mcmc_diagnostics(x, np.ones_like(x, bool), n_target_calls=x.size).observables["value"]
+    d = mcmc_diagnostics(x, np.ones_like(x, bool), n_judged=x.size).observables["value"]
     assert abs(d.ess / (x.size / iat_exact) - 1) < 0.2, d.ess
     assert abs(d.iat / iat_exact - 1) < 0.2
     np.testing.assert_allclose(d.iat_per_chain, iat_exact, rtol=0.2)
@@ -62,7 +62,7 @@ def test_rhat_near_one_for_well_mixed_slhmc_chains():
         energies.append(np.asarray(states.target_energy))
         accepted.append(np.asarray(info.accepted))
     e = np.stack(energies, 1)[:, 100:]
-    d = mcmc_diagnostics({"energy": e}, np.stack(accepted, 1)[:, 100:], n_target_calls=e.size)
+    d = mcmc_diagnostics({"energy": e}, np.stack(accepted, 1)[:, 100:], n_judged=e.size)
     assert d.observables["energy"].rhat < 1.05, d.observables["energy"].rhat
     assert 0.2 < d.acceptance < 1 and d.acceptance_per_chain.shape == (n_chains,)
     # closed form check that the chains are right: <E> = 3 N kT / 2

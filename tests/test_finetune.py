@@ -336,7 +336,7 @@ def test_loss_equals_the_closed_form(kind):
         periodic=np.array([True, True]), energy=e_ref, forces=f_ref, stress=s_ref, has_forces=np.array([True, True]),
         has_stress=np.array([True, False]))
     pred = model_mod.Predictions(jnp.asarray(e_pred), jnp.asarray(f_pred), jnp.asarray(s_pred))
-    cfg = loss_mod.LossConfig(kind, 1.3, 70.0, 4.0, 0.01, 0.02, 0.005)
+    cfg = loss_mod.LossSettings(kind, 1.3, 70.0, 4.0, 0.01, 0.02, 0.005)
 
     def rho(x, d):
         return x * x if kind == "mse" else np.where(np.abs(x) <= d, 0.5 * x * x, d * (np.abs(x) - 0.5 * d))

@@ -8,7 +8,7 @@ from scipy import stats
 
 import slhmc_jax  # noqa: F401  (x64)
 from slhmc_jax.sampler import kernels as hmc
-from slhmc_jax.sampler.integrators import KB_EV_PER_K
+from slhmc_jax.units import KB_EV_PER_K
 from slhmc_jax.models.base import FunctionPotential
 from slhmc_jax.analysis.diagnostics import mcmc_diagnostics
 
@@ -62,7 +62,7 @@ def test_timestep_jitter_breaks_a_full_period_resonance_and_stays_exact():
     the velocity-Verlet map of a harmonic oscillator is a rotation by phi, cos phi = 1 - (omega dt)^2 / 2,
     so L phi = 2 pi returns every trajectory to its start and a chain without jitter never moves. With
     dt (1 + 0.5 u) the chains started in the target sample N(0, kT/k) (KS, variance within its error bar)."""
-    from slhmc_jax.sampler.integrators import FS
+    from slhmc_jax.units import FS
 
     k, n_traj = 2.0, 20
     masses = jnp.full(1, 12.0)

@@ -9,8 +9,9 @@ import numpy as np
 
 import slhmc_jax  # noqa: F401  (x64)
 from slhmc_jax import neighbours as nb
-from slhmc_jax.sampler.integrators import KB_EV_PER_K, kinetic_energy, maxwell_boltzmann, velocity_verlet, velocity_verlet_batch
 from slhmc_jax.models import registry
+from slhmc_jax.sampler.integrators import kinetic_energy, maxwell_boltzmann, velocity_verlet, velocity_verlet_batch
+from slhmc_jax.units import KB_EV_PER_K
 
 LJ = registry.build("lennard_jones", (18,), epsilon_eV=0.0104, sigma_A=3.4, cutoff_A=5.0, onset_A=4.0)
 

@@ -37,12 +37,12 @@ def test_duplicates_cost_one_call_and_the_store_answers_repeats(tmp_path):
     judge = Judge(f, tmp_path / "s.sqlite")
     configs = _batch(3)
     v = judge([configs[0]] * 4 + configs[1:], [0, 1, 2, 3, 4, 5])
-    assert f.batches == [3] and judge.n_target_calls == 3  # four copies of one configuration: one evaluation
+    assert f.batches == [3] and judge.target_evaluations == 3  # four copies of one configuration: one evaluation
     np.testing.assert_array_equal(v.energies_eV[:4], v.energies_eV[0])
     assert len(set(v.keys[:4])) == 1 and not v.failed.any()
     again = Judge(Recorder(), LabelStore(tmp_path / "s.sqlite"))  # a new process view of the same store
     v2 = again(configs[::-1], [0, 1, 2])
-    assert again.n_target_calls == 0 and again.n_from_store == 3
+    assert again.target_evaluations == 0 and again.store_hits == 3
     np.testing.assert_array_equal(v2.energies_eV, v.energies_eV[[5, 4, 0]])
     np.testing.assert_array_equal(v2.keys, v.keys[[5, 4, 0]])
 
@@ -58,7 +58,7 @@ def test_a_batch_that_fails_anonymously_is_isolated_to_its_configuration(tmp_pat
     np.testing.assert_array_equal(v.failed, bad)
     assert np.all(np.isinf(v.energies_eV[bad])) and np.all(np.isfinite(v.energies_eV[~bad]))
     np.testing.assert_allclose(v.energies_eV[~bad], (bonds[~bad] - 1.1) ** 2)
-    assert judge.n_failed == 1 and judge.n_target_calls == 5
+    assert judge.n_failed == 1 and judge.target_evaluations == 5
     assert len(LabelStore(tmp_path / "s.sqlite")) == 5  # the failed configuration is not stored
     with pytest.raises(TargetEvaluationError):
         Judge(Recorder(fail_above=threshold), None, on_failure="raise")(configs, list(range(6)))

@@ -8,13 +8,13 @@ from scipy import stats
 
 import slhmc_jax  # noqa: F401
 from slhmc_jax.sampler import kernels as hmc
-from slhmc_jax.sampler.integrators import KB_EV_PER_K
+from slhmc_jax.units import EV_PER_A3_IN_GPA, KB_EV_PER_K
 
 T, P_GPA, N = 300.0, 0.5, 4
 
 
 def _volumes(use_jacobian, seed=0, n_chains=512, n_iter=300):
-    kT, p = KB_EV_PER_K * T, P_GPA / hmc.EV_PER_A3_IN_GPA
+    kT, p = KB_EV_PER_K * T, P_GPA / EV_PER_A3_IN_GPA
     v_mean = (N + 1) * kT / p
     cell = jnp.eye(3) * v_mean ** (1 / 3)
     x = jax.random.uniform(jax.random.PRNGKey(9), (N, 3)) @ cell
@@ -49,7 +49,7 @@ def test_sample_npt_ideal_gas_through_sample():
 
     from slhmc_jax.models.base import FunctionPotential
 
-    kT, p = KB_EV_PER_K * T, P_GPA / hmc.EV_PER_A3_IN_GPA
+    kT, p = KB_EV_PER_K * T, P_GPA / EV_PER_A3_IN_GPA
     L = ((N + 1) * kT / p) ** (1 / 3)
     atoms = ase.Atoms("Ar" * N, scaled_positions=np.random.default_rng(0).random((N, 3)), cell=np.eye(3) * L, pbc=True)
     res = slhmc_jax.sample(atoms, FunctionPotential(lambda x, c, z: 0.0 * jnp.sum(x)), lambda al: np.zeros(len(al)),
@@ -75,7 +75,7 @@ def _cell_energy(lengths):
 
 
 def _length_marginal_cdf():
-    kT, p = KB_EV_PER_K * T, P_GPA / hmc.EV_PER_A3_IN_GPA
+    kT, p = KB_EV_PER_K * T, P_GPA / EV_PER_A3_IN_GPA
     grid = np.linspace(1.5, 6.0, 450)
     log_f = N * np.log(grid) - 0.5 * KAPPA * (grid - L0) ** 2 / kT
     f = np.exp(log_f - log_f.max())

@@ -17,7 +17,7 @@ from scipy.stats import wasserstein_distance
 import slhmc_jax
 from slhmc_jax.app import cli
 from slhmc_jax.analysis import run_directory as rd
-from slhmc_jax.sampler.integrators import KB_EV_PER_K
+from slhmc_jax.units import KB_EV_PER_K
 from slhmc_jax.analysis.report import ReportSettings, analyze, report_dict
 from slhmc_jax.structures import rutile
 
@@ -137,7 +137,7 @@ def test_trace_carries_the_samplers_decisions(water_run_dir):
     _, slhmc, _ = water_run_dir
     _, trace = rd.reference_from_sample(slhmc)
     np.testing.assert_array_equal(trace.accepted, slhmc.accepted)
-    assert trace.n_target_calls == slhmc.diagnostics.n_target_calls
+    assert trace.target_evaluations == slhmc.diagnostics.n_target_calls
     # a rejected move leaves the state unchanged; a move accepted with probability 1 is accepted
     p = np.asarray(slhmc.diagnostics.acceptance_probability)
     assert np.all(trace.accepted[p >= 1.0])
@@ -150,9 +150,9 @@ def test_run_directory_round_trip_and_errors(water_run_dir, tmp_path):
     run = rd.read_run_directory(path)
     again = rd.read_run_directory(rd.write_run_directory(tmp_path / "copy", run))
     for a, b in [(run.reference, again.reference), (run.arms[0].frames, again.arms[0].frames)]:
-        for field in ("positions", "cells", "numbers", "energies_eV"):
+        for field in ("positions", "cells", "atomic_numbers", "target_energies"):
             np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
-        assert a.pbc == b.pbc
+        np.testing.assert_array_equal(a.pbc, b.pbc)
     np.testing.assert_array_equal(run.sampler.accepted, again.sampler.accepted)
     assert again.temperature_K == 300.0 and again.metadata == {"note": "test"}
 
@@ -165,7 +165,7 @@ def test_run_directory_round_trip_and_errors(water_run_dir, tmp_path):
     (bad / "manifest.json").write_text(json.dumps({**manifest, "version": 99}))
     with pytest.raises(ValueError, match="version 99 is not supported"):
         rd.read_run_directory(bad)
-    other = rd.FrameSet.from_atoms([molecule("CH4")] * 2)
+    other = rd.trajectory_from_atoms([molecule("CH4")] * 2)
     with pytest.raises(ValueError, match="arm 'x' has 5 atoms, the reference 3"):
         rd.RunData(reference=run.reference, arms=(rd.Arm("x", other),))
     with pytest.raises(ValueError, match="arm name 'a/b'"):
@@ -227,7 +227,7 @@ def test_analyze_bad_input_is_a_clear_error(tmp_path, capsys):
 
 
 def test_importance_ess_of_a_training_set_enters_the_report():
-    frames = rd.FrameSet.from_atoms(_rutile_frames(6, 0.05, 3))
+    frames = rd.trajectory_from_atoms(_rutile_frames(6, 0.05, 3))
     e_s = np.zeros(50)
     e_t = np.linspace(-0.05, 0.05, 50)  # target - source energies of the relabel set, eV
     run = rd.RunData(frames, (rd.Arm("relabel", frames, rd.TrainingEnergies(e_t, e_s)),), temperature_K=300.0)
@@ -240,10 +240,10 @@ def test_importance_ess_of_a_training_set_enters_the_report():
         assert v[0] == 0.0 and v[1] == 0.0 and v[2] > 0.0
 
 
-def test_frameset_from_atoms_checks_atom_counts():
+def test_trajectory_from_atoms_checks_atom_counts():
     water = molecule("H2O")
     with pytest.raises(ValueError, match="chain 0 frame 1 has 5"):
-        rd.FrameSet.from_atoms([water, molecule("CH4")])
+        rd.trajectory_from_atoms([water, molecule("CH4")])
     with pytest.raises(ValueError, match="chains must have equal lengths"):
-        rd.FrameSet.from_atoms([[water, water], [water]])
-    assert rd.FrameSet.from_atoms([Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]])]).n_frames == 1
+        rd.trajectory_from_atoms([[water, water], [water]])
+    assert rd.trajectory_from_atoms([Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]])]).n_frames == 1

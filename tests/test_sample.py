@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import slhmc_jax
-from slhmc_jax.sampler.integrators import KB_EV_PER_K
+from slhmc_jax.units import KB_EV_PER_K
 from slhmc_jax.models.base import FunctionPotential
 from slhmc_jax.targets.base import TargetEvaluationError
 
@@ -412,7 +412,7 @@ def test_screen_bad_inputs_are_clear_errors():
 
 
 def test_screen_and_target_periodicity_must_agree():
-    from slhmc_jax.sampler.driver import _check_screen
+    from slhmc_jax.sampler.driver import check_screen
     from slhmc_jax.targets import PySCFTarget, as_target
 
     atoms = _atoms()
@@ -420,6 +420,6 @@ def test_screen_and_target_periodicity_must_agree():
     periodic, molecular = PySCFTarget("pbe", kpts=(1, 1, 1)), as_target(_target(2.0))
     molecular.periodic = False
     with pytest.raises(ValueError, match="screen is periodic but the target is molecular"):
-        _check_screen(periodic, molecular, molecular, atoms)
+        check_screen(periodic, molecular, molecular, atoms)
     with pytest.warns(RuntimeWarning, match="same settings"):
-        _check_screen(PySCFTarget("pbe"), PySCFTarget("pbe"), PySCFTarget("pbe"), _atoms())
+        check_screen(PySCFTarget("pbe"), PySCFTarget("pbe"), PySCFTarget("pbe"), _atoms())

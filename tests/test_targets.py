@@ -281,7 +281,7 @@ def test_potential_target_equals_the_calculator_and_samples_its_own_distribution
 
     import slhmc_jax
     from slhmc_jax.calculator import Calculator
-    from slhmc_jax.sampler.integrators import KB_EV_PER_K
+    from slhmc_jax.units import KB_EV_PER_K
     from slhmc_jax.models import registry
     from slhmc_jax.models.base import FunctionPotential
     from slhmc_jax.targets import PotentialTarget

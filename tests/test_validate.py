@@ -10,8 +10,10 @@ import pytest
 
 from slhmc_jax.app import config as cfg
 from slhmc_jax.app import validate as val
+from slhmc_jax.app import validation_checks as checks
 from slhmc_jax.analysis.diagnostics import chain_statistics
-from slhmc_jax.sampler.integrators import KB_EV_PER_K
+from slhmc_jax.sampler import md
+from slhmc_jax.units import KB_EV_PER_K
 
 from toy_models import MORSE, BondModel  # tests/toy_models.py
 
@@ -27,9 +29,9 @@ K = np.array([[2.0, 3.0, 4.0], [5.0, 6.5, 8.0], [3.5, 5.0, 9.0]])
 def _harmonic_md(thermostat, n_replicas=32, n_steps=2000, burn_in=300, temperature_K=T):
     """(x (R, n, N, 3), T_kin (R, n)) of thermostatted MD in the wells, the kernel's own step functions
     driven by analytic forces inside one lax.scan (the host loop of run_direct_md does the same per step)."""
-    s = val.MDSettings(thermostat, temperature_K, 1.0, n_steps, n_replicas, burn_in, friction_per_ps=20.0, tau_fs=50.0,
-                       seed=1)
-    kernel = val.md_kernel(s, MASSES)
+    s = md.MDSettings(thermostat, temperature_K, 1.0, n_steps, n_replicas, burn_in, friction_per_ps=20.0, tau_fs=50.0,
+                      seed=1)
+    kernel = md.md_kernel(s, MASSES)
     k = jnp.asarray(K)
 
     def body(carry, _):
@@ -48,7 +50,7 @@ def _harmonic_md(thermostat, n_replicas=32, n_steps=2000, burn_in=300, temperatu
         return xs[burn_in:], ps[burn_in:]
 
     xs, ps = (np.moveaxis(np.asarray(a), 0, 1) for a in run(jax.random.PRNGKey(s.seed)))
-    return xs, val.kinetic_temperature_K(ps, MASSES)
+    return xs, md.kinetic_temperature_K(ps, MASSES)
 
 
 def _mean_and_error(values):
@@ -110,34 +112,6 @@ def test_a_wrong_temperature_is_caught_by_the_same_check():
     assert abs(mean - 1.0) > 4 * err + 0.005 and abs(mean - 1.1) < 4 * err + 0.005
     mean_t, err_t = _mean_and_error(t_kin / T)
     assert abs(mean_t - 1.0) > 4 * err_t + 0.005
-
-
-def test_batch_means_iat_of_an_ar1_series_and_the_comparison_statistics():
-    """AR(1) x_t = phi x_{t-1} + e_t has tau = (1 + phi) / (1 - phi) (closed form); two independent AR(1)
-    samples of one distribution pass the thinned KS test, a shifted one fails it; ESS is credited at most the draws."""
-    rng = np.random.default_rng(0)
-
-    def ar1(phi, shape, shift=0.0):
-        e = rng.normal(size=shape) * np.sqrt(1 - phi**2)
-        x = np.empty(shape)
-        x[:, 0] = rng.normal(size=shape[0])
-        for t in range(1, shape[1]):
-            x[:, t] = phi * x[:, t - 1] + e[:, t]
-        return x + shift
-
-    phi = 0.8  # tau = 9
-    series = ar1(phi, (16, 4000))
-    tau = val.batch_means_iat(series)
-    assert abs(tau / 9.0 - 1) < 0.2, tau
-    # the standard error of the mean: sd sqrt(tau / N) with the closed-form tau (unit variance)
-    assert abs(val.mean_standard_error(series) / np.sqrt(9.0 / series.size) - 1) < 0.15
-    md, same, shifted = ar1(phi, (8, 2000)), ar1(0.0, (8, 300)), ar1(0.0, (8, 300), shift=0.3)
-    c = val.compare_observable(md, same, md_calls=16000, slhmc_calls=2400, n_bootstrap=200)
-    assert c.ks_pvalue > 0.01 and c.wasserstein[1] == 0.0
-    assert abs(c.ratio - (c.ess_slhmc / 2400) / (c.ess_md / 16000)) < 1e-12 and c.ess_slhmc <= 2400
-    assert 8 * 2000 / c.ess_md > 5 and c.n_ks_md < 16000 / 5  # the MD's correlated draws are thinned
-    assert val.compare_observable(md, shifted, 16000, 2400, n_bootstrap=200).ks_pvalue < 1e-3
-    assert val.capped_ess(1500.0, 1000) == 1000.0 and val.capped_ess(50.0, 1000) == 50.0
 
 
 # ----------------------------------------------------------------------------------------
@@ -263,7 +237,7 @@ def test_rerun_reads_back_every_phase(toy_validation, monkeypatch):
 @pytest.mark.parametrize("temperature", [None, 0.0, -5.0, float("nan")])
 def test_a_thermostat_without_a_temperature_is_refused(temperature):
     with pytest.raises(ValueError, match="needs a temperature"):
-        val.MDSettings("baoab", temperature, 1.0, 10)
+        md.MDSettings("baoab", temperature, 1.0, 10)
 
 
 def test_config_errors_name_table_and_key():
@@ -300,11 +274,11 @@ def test_bussi_on_a_free_molecule_is_warned_of():
     import warnings
 
     with pytest.warns(UserWarning, match="not ergodic"):
-        val.warn_if_thermostat_not_ergodic(val.MDSettings("bussi", T, 1.0, 10), (False, False, False))
+        checks.warn_if_thermostat_not_ergodic(md.MDSettings("bussi", T, 1.0, 10), (False, False, False))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # neither a periodic crystal under Bussi nor BAOAB on a molecule
-        val.warn_if_thermostat_not_ergodic(val.MDSettings("bussi", T, 1.0, 10), (True, True, True))
-        val.warn_if_thermostat_not_ergodic(val.MDSettings("baoab", T, 1.0, 10), (False, False, False))
+        checks.warn_if_thermostat_not_ergodic(md.MDSettings("bussi", T, 1.0, 10), (True, True, True))
+        checks.warn_if_thermostat_not_ergodic(md.MDSettings("baoab", T, 1.0, 10), (False, False, False))
 
 
 def test_a_target_that_depends_on_orientation_is_warned_of():
@@ -324,9 +298,9 @@ def test_a_target_that_depends_on_orientation_is_warned_of():
 
     dimer = ase.Atoms("N2", positions=[[0, 0, 0], [1.2, 0, 0]])
     with pytest.warns(UserWarning, match="not rotation invariant"):
-        check = val.check_rotation_invariance(dimer, PotentialTarget(FunctionPotential(anisotropic)), T)
+        check = checks.check_rotation_invariance(dimer, PotentialTarget(FunctionPotential(anisotropic)), T)
     axis_cos = []
-    for angle, axis in val.ROTATION_CHECK:
+    for angle, axis in checks.ROTATION_CHECK:
         a = dimer.copy()
         a.rotate(angle, axis, center="COM")
         d = a.positions[1] - a.positions[0]
@@ -338,7 +312,7 @@ def test_a_target_that_depends_on_orientation_is_warned_of():
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert val.check_rotation_invariance(dimer, target(), T).energy_spread_eV < 1e-12
+        assert checks.check_rotation_invariance(dimer, target(), T).energy_spread_eV < 1e-12
 
 
 def test_cli_validate_reports_config_errors(tmp_path, capsys):

@@ -80,8 +80,12 @@ class MCMCDiagnostics:
     ml_energy_error: EnergyErrorDistribution | None = None
 
 
-def chain_statistics(values, n_target_calls: int | None = None) -> ChainStatistics | None:
-    """ESS, IAT and R-hat of ``values`` (n_chains, n_draws); None where no estimate is possible."""
+def chain_statistics(values, n_judged: int | None = None) -> ChainStatistics | None:
+    """ESS, IAT and R-hat of ``values`` (n_chains, n_draws); None where no estimate is possible.
+
+    ``n_judged``: configurations judged (target evaluations + label-store hits; a hit is a call an
+    earlier run paid), the denominator of ``ess_per_target_call``.
+    """
     import arviz as az
 
     values = np.asarray(values, np.float64)
@@ -98,7 +102,7 @@ def chain_statistics(values, n_target_calls: int | None = None) -> ChainStatisti
         rhat=float(az.rhat(values)) if n_chains > 1 else float("nan"),
         ess_per_chain=per,
         iat_per_chain=n_draws / per,
-        ess_per_target_call=ess / n_target_calls if n_target_calls else None,
+        ess_per_target_call=ess / n_judged if n_judged else None,
     )
 
 
@@ -121,14 +125,14 @@ def energy_error_distribution(errors, bins: int = 50) -> EnergyErrorDistribution
     )
 
 
-def mcmc_diagnostics(values, accepted, n_target_calls=None, ml_energy_error=None) -> MCMCDiagnostics:
+def mcmc_diagnostics(values, accepted, n_judged=None, ml_energy_error=None) -> MCMCDiagnostics:
     """Diagnostics of scalar observables of many chains.
 
     Args:
         values: name -> (n_chains, n_draws) array (e.g. target energy, eV), or one such array
             (named "value").
         accepted: (n_chains, n_draws) bool, the Metropolis decisions.
-        n_target_calls: target evaluations spent (for ESS per target call).
+        n_judged: configurations judged, target evaluations + store hits (for ESS per target call).
         ml_energy_error: optional ML-trajectory energy errors (any shape), eV.
     """
     named = dict(values) if isinstance(values, dict) else {"value": values}
@@ -136,6 +140,6 @@ def mcmc_diagnostics(values, accepted, n_target_calls=None, ml_energy_error=None
     return MCMCDiagnostics(
         acceptance=float(accepted.mean()),
         acceptance_per_chain=accepted.mean(1),
-        observables={k: chain_statistics(v, n_target_calls) for k, v in named.items()},
+        observables={k: chain_statistics(v, n_judged) for k, v in named.items()},
         ml_energy_error=None if ml_energy_error is None else energy_error_distribution(ml_energy_error),
     )

@@ -22,17 +22,21 @@ carry source energies, and the sampler's diagnostics (:mod:`slhmc_jax.analysis.d
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
 from slhmc_jax.analysis import observables as obs
-from slhmc_jax.analysis.run_directory import Arm, FrameSet, RunData, read_frames, read_run_directory
+from slhmc_jax.analysis import statistics as stats
+from slhmc_jax.analysis.figures import colours, figure, hist_edges, save_figure
+from slhmc_jax.analysis.formatting import formula, json_safe, symbol
+from slhmc_jax.analysis.report_markdown import report_markdown
+from slhmc_jax.analysis.run_directory import Arm, RunData, read_frames, read_run_directory
+from slhmc_jax.files import atomic_write, write_json
+from slhmc_jax.sampler.trajectory import Trajectory
 
-_CELL_METRICS = (
+CELL_METRICS = (
     ("a_A", "A", "lattice parameter a"),
     ("b_A", "A", "lattice parameter b"),
     ("c_A", "A", "lattice parameter c"),
@@ -134,7 +138,8 @@ class SamplerSummary:
     iat: float | None
     rhat: float | None
     ess_per_target_call: float | None
-    n_target_calls: int | None
+    target_evaluations: int | None  # configurations the target evaluated (report.json: n_target_calls)
+    judged: int | None  # configurations judged, evaluations + store hits (report.json: n_judged)
     ml_energy_error: object | None  # slhmc_jax.analysis.diagnostics.EnergyErrorDistribution
 
 
@@ -166,15 +171,9 @@ class ReportFiles:
 # analysis (numbers)
 
 
-def _symbol(z: int) -> str:
-    from ase.data import chemical_symbols
-
-    return chemical_symbols[int(z)]
-
-
 def _resolve(run: RunData, settings: ReportSettings):
     """Pairs, k and r_max for these frames (defaults of :class:`ReportSettings`)."""
-    numbers = run.reference.numbers
+    numbers = run.reference.atomic_numbers
     periodic = any(run.reference.pbc)
     elements = sorted({int(z) for z in numbers}, reverse=True)
     count = {z: int(np.sum(numbers == z)) for z in elements}
@@ -182,8 +181,8 @@ def _resolve(run: RunData, settings: ReportSettings):
         pairs = tuple((str(a), str(b)) for a, b in settings.pairs)
         rdf_pairs, nn_pairs = pairs, pairs
     else:
-        unlike = [(_symbol(a), _symbol(b)) for i, a in enumerate(elements) for b in elements[i + 1 :]]
-        like = [(_symbol(a), _symbol(a)) for a in elements if periodic or count[a] >= 2]
+        unlike = [(symbol(a), symbol(b)) for i, a in enumerate(elements) for b in elements[i + 1 :]]
+        like = [(symbol(a), symbol(a)) for a in elements if periodic or count[a] >= 2]
         rdf_pairs = tuple(unlike + like)
         nn_pairs = tuple(unlike) if unlike else tuple(like[:1])
     if settings.k is not None:
@@ -205,7 +204,7 @@ def _resolve(run: RunData, settings: ReportSettings):
     return rdf_pairs, nn_pairs, k, r_max
 
 
-def _per_chain(values: np.ndarray, frames: FrameSet) -> list:
+def _per_chain(values: np.ndarray, frames: Trajectory) -> list:
     """(n_chains * n_frames, ...) -> list over chains of (n_frames, values per frame)."""
     values = values.reshape(frames.n_chains, frames.n_frames, -1)
     return [values[c] for c in range(frames.n_chains)]
@@ -220,7 +219,7 @@ def _cell_metrics_apply(run: RunData) -> bool:
     return any(np.ptp(s.cells.reshape(-1, 9), axis=0).max() > 1e-9 for s in sets)
 
 
-def _observe(frames: FrameSet, rdf_pairs, nn_pairs, k, r_max, n_bins, with_cells) -> tuple[SetObservables, np.ndarray]:
+def _observe(frames: Trajectory, rdf_pairs, nn_pairs, k, r_max, n_bins, with_cells) -> tuple[SetObservables, np.ndarray]:
     flat = frames.frames()
     scalars, rdfs, r = {}, {}, None
     for a, b in nn_pairs:
@@ -228,7 +227,7 @@ def _observe(frames: FrameSet, rdf_pairs, nn_pairs, k, r_max, n_bins, with_cells
         scalars[f"nn_{a}-{b}_A"] = _per_chain(d, frames)
     if with_cells:
         metrics = obs.cell_metrics(flat)
-        for name, _, _ in _CELL_METRICS:
+        for name, _, _ in CELL_METRICS:
             scalars[name] = _per_chain(metrics[name], frames)
     for a, b in rdf_pairs:
         r, g = obs.rdf_frames(flat, (a, b), r_max, n_bins)
@@ -245,7 +244,10 @@ def _sampler_summary(run: RunData) -> SamplerSummary | None:
     errors = None
     if trace.ml_energy_error_eV is not None:
         errors = trace.ml_energy_error_eV if trace.move is None else trace.ml_energy_error_eV[:, trace.move == 0]
-    diag = mcmc_diagnostics({"target_energy_eV": trace.target_energies_eV}, trace.accepted, trace.n_target_calls, errors)
+    # every configuration judged cost one target call (in this process or an earlier one of the run);
+    # traces written before `judged` was recorded fall back to this process's evaluations
+    n_judged = trace.judged if trace.judged is not None else trace.target_evaluations
+    diag = mcmc_diagnostics({"target_energy_eV": trace.target_energies_eV}, trace.accepted, n_judged, errors)
     stats = diag.observables["target_energy_eV"]
     return SamplerSummary(
         n_chains=int(trace.accepted.shape[0]),
@@ -256,7 +258,8 @@ def _sampler_summary(run: RunData) -> SamplerSummary | None:
         iat=None if stats is None else stats.iat,
         rhat=None if stats is None else stats.rhat,
         ess_per_target_call=None if stats is None else stats.ess_per_target_call,
-        n_target_calls=trace.n_target_calls,
+        target_evaluations=trace.target_evaluations,
+        judged=n_judged,
         ml_energy_error=diag.ml_energy_error,
     )
 
@@ -268,17 +271,17 @@ def analyze(run: RunData, settings: ReportSettings = ReportSettings()) -> Analys
     reference, r = _observe(run.reference, rdf_pairs, nn_pairs, k, r_max, settings.n_bins, with_cells)
     observables = [Observable(f"nn_{a}-{b}_A", "A", f"distances of each {a} atom to its {k} nearest {b} atoms") for a, b in nn_pairs]
     if with_cells:
-        observables += [Observable(*m) for m in _CELL_METRICS]
+        observables += [Observable(*m) for m in CELL_METRICS]
     boot = dict(n_bootstrap=settings.n_bootstrap, confidence=settings.confidence, seed=settings.seed)
     arms = []
     for arm in run.arms:
         samples, _ = _observe(arm.frames, rdf_pairs, nn_pairs, k, r_max, settings.n_bins, with_cells)
-        w = {o.name: Distance(*obs.wasserstein(reference.scalars[o.name], samples.scalars[o.name], **boot)) for o in observables}
-        d = {p: Distance(*obs.rdf_distance(reference.rdf[p], samples.rdf[p], r, **boot)) for p in reference.rdf}
+        w = {o.name: Distance(*stats.wasserstein(reference.scalars[o.name], samples.scalars[o.name], **boot)) for o in observables}
+        d = {p: Distance(*stats.rdf_distance(reference.rdf[p], samples.rdf[p], r, **boot)) for p in reference.rdf}
         means = {o.name: float(np.mean(np.concatenate(samples.scalars[o.name]))) for o in observables}
         ess = None
         if arm.training is not None and run.temperature_K:
-            ess = obs.importance_ess(arm.training.energies_target_eV, arm.training.energies_source_eV, run.temperature_K)
+            ess = stats.importance_ess(arm.training.energies_target_eV, arm.training.energies_source_eV, run.temperature_K)
         arms.append((ArmResult(arm.name, arm.frames.n_chains, arm.frames.n_frames, w, d, means, ess), samples))
     resolved = dataclasses.replace(settings, pairs=rdf_pairs, k=k, r_max_A=r_max)
     return Analysis(run, resolved, rdf_pairs, nn_pairs, tuple(observables), r, reference, tuple(arms), _sampler_summary(run))
@@ -286,21 +289,6 @@ def analyze(run: RunData, settings: ReportSettings = ReportSettings()) -> Analys
 
 # ----------------------------------------------------------------------------------------
 # report.json
-
-
-def _clean(value):
-    """JSON-safe: NaN and inf become null, numpy scalars Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, np.ndarray):
-        return _clean(value.tolist())
-    return value
 
 
 def report_dict(analysis: Analysis, figures=()) -> dict:
@@ -320,7 +308,8 @@ def report_dict(analysis: Analysis, figures=()) -> dict:
             "target_energy_iat_steps": s.iat,
             "target_energy_rhat": s.rhat,
             "ess_per_target_call": s.ess_per_target_call,
-            "n_target_calls": s.n_target_calls,
+            "n_target_calls": s.target_evaluations,
+            "n_judged": s.judged,
             "ml_energy_error_eV": None
             if err is None
             else {"n": err.n, "n_non_finite": err.n_non_finite, "mean": err.mean, "std": err.std, "mean_abs": err.mean_abs,
@@ -330,9 +319,9 @@ def report_dict(analysis: Analysis, figures=()) -> dict:
         "format": "slhmc-report",
         "version": 1,
         "system": {
-            "formula": _formula(run.reference.numbers),
+            "formula": formula(run.reference.atomic_numbers),
             "n_atoms": run.reference.n_atoms,
-            "pbc": list(run.reference.pbc),
+            "pbc": [bool(p) for p in run.reference.pbc],
         },
         "temperature_K": run.temperature_K,
         "ensemble": run.ensemble,
@@ -373,48 +362,20 @@ def report_dict(analysis: Analysis, figures=()) -> dict:
         },
         "metadata": run.metadata,
     }
-    return _clean(out)
-
-
-def _formula(numbers) -> str:
-    from ase.formula import Formula
-
-    return Formula.from_list([_symbol(z) for z in numbers]).reduce()[0].format("metal")
+    return json_safe(out)
 
 
 # ----------------------------------------------------------------------------------------
-# figures (matplotlib Agg canvas: no display, no global backend change)
-
-
-def _figure(n_panels=1, width=6.4, height=4.2):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _colours(n):
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10"]
-    return [cmap(i % 10) for i in range(n)]
-
-
-def _save(fig, path: Path, dpi: int = 110) -> None:
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    os.replace(tmp, path)
+# figures (:mod:`slhmc_jax.analysis.figures`: matplotlib's Agg canvas, written atomically)
 
 
 def _fig_rdf(analysis: Analysis, pair: str, path: Path) -> str:
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     r = analysis.r_A
     ref = np.concatenate(analysis.reference.rdf[pair]).mean(axis=0)
     ax.plot(r, ref, color="black", lw=2.2, label=f"target reference ({analysis.run.reference.n_chains * analysis.run.reference.n_frames} frames)")
-    for (arm, samples), colour in zip(analysis.arms, _colours(len(analysis.arms))):
+    for (arm, samples), colour in zip(analysis.arms, colours(len(analysis.arms))):
         g = np.concatenate(samples.rdf[pair]).mean(axis=0)
         d = arm.rdf_distance[pair]
         ax.plot(r, g, color=colour, lw=1.4, label=f"{arm.name} (int|dg|dr = {d.value:.3g} A)")
@@ -425,27 +386,19 @@ def _fig_rdf(analysis: Analysis, pair: str, path: Path) -> str:
     ax.set_ylabel(f"g$_{{{a}-{b}}}$(r) (dimensionless)")
     ax.set_xlim(0, analysis.settings.r_max_A)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
     return f"Partial RDF g_{a}-{b}(r)"
 
 
-def _hist_edges(arrays, bins=60):
-    pooled = np.concatenate([a.ravel() for a in arrays])
-    lo, hi = float(pooled.min()), float(pooled.max())
-    if hi - lo < 1e-12:
-        lo, hi = lo - 0.5e-3, hi + 0.5e-3
-    return np.linspace(lo, hi, bins + 1)
-
-
 def _fig_nn(analysis: Analysis, name: str, a: str, b: str, path: Path) -> str:
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     ref = np.concatenate(analysis.reference.scalars[name]).ravel()
     arms = [(arm, np.concatenate(s.scalars[name]).ravel()) for arm, s in analysis.arms]
-    edges = _hist_edges([ref] + [v for _, v in arms])
+    edges = hist_edges([ref] + [v for _, v in arms])
     ax.hist(ref, bins=edges, density=True, histtype="stepfilled", color="0.75", edgecolor="black", lw=1.5,
             label=f"target reference (mean {ref.mean():.4f} Å)")
-    for (arm, v), colour in zip(arms, _colours(len(arms))):
+    for (arm, v), colour in zip(arms, colours(len(arms))):
         w = arm.wasserstein[name]
         ax.hist(v, bins=edges, density=True, histtype="step", color=colour, lw=1.6,
                 label=f"{arm.name} (mean {v.mean():.4f} Å, W1 {w.value:.2g} Å)")
@@ -454,19 +407,19 @@ def _fig_nn(analysis: Analysis, name: str, a: str, b: str, path: Path) -> str:
     ax.set_xlabel(f"{a}-{b} distance (Å)")
     ax.set_ylabel("probability density (1/Å)")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
     return title
 
 
 def _fig_cells(analysis: Analysis, path: Path) -> str:
-    fig = _figure(width=10.0, height=6.0)
+    fig = figure(width=10.0, height=6.0)
     axes = fig.subplots(2, 3).ravel()
-    for ax, (name, unit, description) in zip(axes, _CELL_METRICS):
+    for ax, (name, unit, description) in zip(axes, CELL_METRICS):
         ref = np.concatenate(analysis.reference.scalars[name]).ravel()
         arms = [(arm, np.concatenate(s.scalars[name]).ravel()) for arm, s in analysis.arms]
-        edges = _hist_edges([ref] + [v for _, v in arms], bins=30)
+        edges = hist_edges([ref] + [v for _, v in arms], bins=30)
         ax.hist(ref, bins=edges, density=True, histtype="stepfilled", color="0.75", edgecolor="black", label="target reference")
-        for (arm, v), colour in zip(arms, _colours(len(arms))):
+        for (arm, v), colour in zip(arms, colours(len(arms))):
             ax.hist(v, bins=edges, density=True, histtype="step", color=colour, lw=1.5, label=arm.name)
         label = {"A": "Å", "A^3": "Å$^3$"}.get(unit, "")
         ax.set_title(description)
@@ -476,7 +429,7 @@ def _fig_cells(analysis: Analysis, path: Path) -> str:
     axes[-1].axis("off")
     title = "Cell metrics (NPT)"
     fig.suptitle(title)
-    _save(fig, path)
+    save_figure(fig, path)
     return title
 
 
@@ -484,11 +437,11 @@ def _fig_traces(analysis: Analysis, path: Path) -> str:
     from matplotlib.ticker import MaxNLocator
 
     trace = analysis.run.sampler
-    fig = _figure(width=7.5, height=6.0)
+    fig = figure(width=7.5, height=6.0)
     ax_acc, ax_e = fig.subplots(2, 1, sharex=True)
     steps = np.arange(1, trace.accepted.shape[1] + 1)
     e_min = float(np.min(trace.target_energies_eV))
-    for c, colour in zip(range(trace.accepted.shape[0]), _colours(trace.accepted.shape[0])):
+    for c, colour in zip(range(trace.accepted.shape[0]), colours(trace.accepted.shape[0])):
         running = np.cumsum(trace.accepted[c]) / steps
         ax_acc.plot(steps, running, color=colour, lw=1.3, label=f"chain {c} ({running[-1]:.2f})")
         ax_e.plot(steps, trace.target_energies_eV[c] - e_min, color=colour, lw=1.1, marker=".", ms=3, label=f"chain {c}")
@@ -503,7 +456,7 @@ def _fig_traces(analysis: Analysis, path: Path) -> str:
     ax_e.legend(fontsize=7, ncol=2)
     title = "Sampler traces: acceptance and target energy per chain"
     fig.suptitle(title)
-    _save(fig, path)
+    save_figure(fig, path)
     return title
 
 
@@ -511,7 +464,7 @@ def _fig_energy_error(analysis: Analysis, path: Path) -> str:
     trace = analysis.run.sampler
     errors = trace.ml_energy_error_eV if trace.move is None else trace.ml_energy_error_eV[:, trace.move == 0]
     e = errors[np.isfinite(errors)].ravel()
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     stats = analysis.sampler.ml_energy_error
     ax.hist(e, bins=min(50, max(5, e.size // 4)), color="tab:blue", alpha=0.8,
@@ -522,7 +475,7 @@ def _fig_energy_error(analysis: Analysis, path: Path) -> str:
     ax.set_xlabel("dH_ML = E_ML' + K' - E_ML - K (eV)")
     ax.set_ylabel("count (trajectories)")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
     return title
 
 
@@ -551,102 +504,24 @@ def write_figures(analysis: Analysis, directory) -> tuple:
 
 
 # ----------------------------------------------------------------------------------------
-# report.md
-
-
-def _fmt(x, digits=4) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "n/a"
-    return f"{x:.{digits}g}"
-
-
-def report_markdown(analysis: Analysis, figures=()) -> str:
-    """report.md: summary, distance tables per arm and observable, sampler diagnostics, figures."""
-    run = analysis.run
-    ref = run.reference
-    conf = int(round(100 * analysis.settings.confidence))
-    lines = [
-        f"# SLHMC report: {_formula(ref.numbers)}",
-        "",
-        f"- system: {ref.n_atoms} atoms, pbc {list(ref.pbc)}; ensemble {run.ensemble.upper()}"
-        + (f", {run.temperature_K:g} K" if run.temperature_K else "")
-        + (f", {run.pressure_GPa:g} GPa" if run.pressure_GPa is not None else ""),
-        f"- target reference: {ref.n_chains} chains x {ref.n_frames} frames (SLHMC production samples)",
-        f"- arms: {', '.join(f'{a.name} ({a.n_chains} x {a.n_frames} frames)' for a, _ in analysis.arms) or 'none'}",
-        f"- pairs {', '.join('-'.join(p) for p in analysis.rdf_pairs)}; k = {analysis.settings.k} nearest neighbours; "
-        f"RDF on [0, {analysis.settings.r_max_A:g}) A in {analysis.settings.n_bins} bins",
-        "",
-    ]
-    if analysis.arms:
-        lines += [
-            f"## Distances to the target reference ({conf}% moving-block bootstrap intervals)",
-            "",
-            "Wasserstein distance W1 of each observable's distribution (unit of the observable) and, for the RDFs, "
-            "int |g_arm - g_ref| dr (A). Smaller is closer to the target.",
-            "",
-            "| observable | " + " | ".join(a.name for a, _ in analysis.arms) + " |",
-            "| --- | " + " | ".join("---" for _ in analysis.arms) + " |",
-        ]
-        for o in analysis.observables:
-            cells = [f"{_fmt(a.wasserstein[o.name].value, 3)} [{_fmt(a.wasserstein[o.name].ci_low, 3)}, {_fmt(a.wasserstein[o.name].ci_high, 3)}]"
-                     for a, _ in analysis.arms]
-            lines.append(f"| W1 {o.name} ({o.unit or 'dimensionless'}) | " + " | ".join(cells) + " |")
-        for p in analysis.reference.rdf:
-            cells = [f"{_fmt(a.rdf_distance[p].value, 3)} [{_fmt(a.rdf_distance[p].ci_low, 3)}, {_fmt(a.rdf_distance[p].ci_high, 3)}]"
-                     for a, _ in analysis.arms]
-            lines.append(f"| RDF {p} (A) | " + " | ".join(cells) + " |")
-        lines += ["", "## Means", "", "| observable | target reference | " + " | ".join(a.name for a, _ in analysis.arms) + " |",
-                  "| --- | --- | " + " | ".join("---" for _ in analysis.arms) + " |"]
-        for o in analysis.observables:
-            ref_mean = float(np.mean(np.concatenate(analysis.reference.scalars[o.name])))
-            lines.append(f"| {o.name} | {ref_mean:.5g} | " + " | ".join(f"{a.means[o.name]:.5g}" for a, _ in analysis.arms) + " |")
-        ess = [(a.name, a.importance_ess) for a, _ in analysis.arms if a.importance_ess is not None]
-        if ess:
-            lines += ["", "## Importance-weight ESS of the training sets", "",
-                      "Kish ESS fraction of each training set reweighted from its source distribution to the target "
-                      "(1: the set is target-distributed; small: few of its configurations survive reweighting).", ""]
-            lines += [f"- {name}: {value:.4g}" for name, value in ess]
-        lines.append("")
-    if analysis.sampler is not None:
-        s = analysis.sampler
-        err = s.ml_energy_error
-        lines += [
-            "## Sampler diagnostics (reference run)",
-            "",
-            "| quantity | value |",
-            "| --- | --- |",
-            f"| chains x steps | {s.n_chains} x {s.n_steps} |",
-            f"| acceptance (pooled) | {s.acceptance:.3f} |",
-            f"| acceptance per chain | {', '.join(f'{a:.3f}' for a in s.acceptance_per_chain)} |",
-            f"| target-energy ESS | {_fmt(s.ess)} |",
-            f"| target-energy IAT (steps) | {_fmt(s.iat)} |",
-            f"| split R-hat | {_fmt(s.rhat)} |",
-            f"| ESS per target call | {_fmt(s.ess_per_target_call)} |",
-        ]
-        if err is not None and err.n > err.n_non_finite:
-            lines.append(f"| ML energy error (eV): mean, std, mean abs | {_fmt(err.mean)}, {_fmt(err.std)}, {_fmt(err.mean_abs)} |")
-        lines.append("")
-    if figures:
-        lines += ["## Figures", ""]
-        for path, title in figures:
-            lines += [f"### {title}", "", f"![{title}](figures/{Path(path).name})", ""]
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------
 # entry points
 
 
-def write_report(analysis: Analysis, out_dir) -> ReportFiles:
-    """Write report.json, report.md and figures/*.png into ``out_dir``."""
+def write_report(analysis: Analysis, out_dir, *, figures=None, extra: dict | None = None) -> ReportFiles:
+    """Write report.json, report.md and figures/*.png into ``out_dir``, each file once and atomically.
+
+    Args:
+        figures: ((path, title), ...) already drawn by :func:`write_figures` into ``out_dir/figures``
+            (default: draw them now).
+        extra: top-level keys appended to report.json (the workflow's final time breakdown).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    figures = write_figures(analysis, out / "figures")
+    if figures is None:
+        figures = write_figures(analysis, out / "figures")
     json_path, md_path = out / "report.json", out / "report.md"
-    for path, text in ((json_path, json.dumps(report_dict(analysis, figures), indent=2)), (md_path, report_markdown(analysis, figures))):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    write_json(json_path, report_dict(analysis, figures) | json_safe(extra or {}))
+    atomic_write(md_path, report_markdown(analysis, figures))
     return ReportFiles(json_path, md_path, figures)
 
 

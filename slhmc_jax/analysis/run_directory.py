@@ -19,33 +19,37 @@ Layout (``format = "slhmc-run"``, ``version = 1``)::
      "arms": {"<arm>": {"frames": "arms/<arm>.npz", "training_energies": "arms/<arm>.training.npz" | null}},
      "metadata": {...}}            free-form JSON (config, time breakdown), copied into report.json
 
-Frame files: ``.npz`` with ``positions`` (n_chains, n_frames, n_atoms, 3) A, ``cells``
-(n_chains, n_frames, 3, 3) A, ``numbers`` (n_atoms,) int, ``pbc`` (3,) bool and optionally
-``energies_eV`` (n_chains, n_frames); or any trajectory ASE reads (``.extxyz``, ``.xyz``,
-``.traj``, LAMMPS dumps), taken as one chain, energies where the frames carry them.
+Frame files: a :class:`slhmc_jax.sampler.trajectory.Trajectory` saved by its ``save``: ``.npz``
+with ``positions`` (n_chains, n_frames, n_atoms, 3) A, ``cells`` (n_chains, n_frames, 3, 3) A,
+``atomic_numbers`` (n_atoms,) int, ``pbc`` (3,) bool and optionally ``target_energies``,
+``accepted`` and ``store_keys`` (n_chains, n_frames); the first layout's names ``numbers`` and
+``energies_eV`` are read too. Or any trajectory ASE reads (``.extxyz``, ``.xyz``, ``.traj``,
+LAMMPS dumps), taken as one chain, energies where the frames carry them.
 
-``sampler.npz``: ``target_energies_eV`` (n_chains, n_steps), ``accepted`` (n_chains, n_steps)
-bool, and optionally ``acceptance_probability`` (n_chains, n_steps), ``ml_energy_error_eV``
-(n_chains, n_steps), ``move`` (n_steps,) int (0 = HMC, 1 = cell move), ``n_target_calls`` ().
+``sampler.npz`` (:func:`write_trace`): ``target_energies_eV`` (n_chains, n_steps), ``accepted``
+(n_chains, n_steps) bool, and optionally ``acceptance_probability`` (n_chains, n_steps),
+``ml_energy_error_eV`` (n_chains, n_steps), ``move`` (n_steps,) int (0 = HMC, 1 = cell move),
+``n_target_calls`` () (the target evaluations of the run), ``n_judged`` () (configurations judged:
+evaluations + label-store hits, the denominator of ESS per target call).
 
 Training-energy files: ``energies_target_eV`` (n,), ``energies_source_eV`` (n,), one entry per
 training configuration (for :func:`slhmc_jax.analysis.observables.importance_ess`).
 
-Paths in the manifest are relative to RUN_DIR. Every file is written to a temporary name and
-renamed, so an interrupted writer never leaves a half-written file under a final name.
+Paths in the manifest are relative to RUN_DIR. Every file is written atomically
+(:mod:`slhmc_jax.files`), so an interrupted writer never leaves a half-written file under a final name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 
-from slhmc_jax.analysis.observables import Frames
+from slhmc_jax.files import write_json, write_npz
+from slhmc_jax.sampler.trajectory import Trajectory
 
 FORMAT = "slhmc-run"
 VERSION = 1
@@ -53,97 +57,51 @@ MANIFEST = "manifest.json"
 _ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-@dataclasses.dataclass(frozen=True)
-class FrameSet:
-    """Frames of one system, grouped in chains (sampling order along each chain).
+def trajectory_from_atoms(chains) -> Trajectory:
+    """A :class:`Trajectory` from a list of ase.Atoms (one chain) or a list of such lists (equal lengths);
+    target energies where every frame carries one (a calculator's or ``info["energy"]``), eV."""
+    from ase import Atoms
 
-    Attributes:
-        positions: (n_chains, n_frames, n_atoms, 3) Angstrom.
-        cells: (n_chains, n_frames, 3, 3) Angstrom.
-        numbers: (n_atoms,) atomic numbers.
-        pbc: three bools.
-        energies_eV: (n_chains, n_frames) energies, or None.
-    """
+    chains = list(chains)
+    if chains and isinstance(chains[0], Atoms):
+        chains = [chains]
+    if not chains or not all(len(c) for c in chains):
+        raise ValueError("no frames given")
+    lengths = {len(c) for c in chains}
+    if len(lengths) != 1:
+        raise ValueError(f"chains must have equal lengths to form one frame set; got {sorted(lengths)}")
+    first = chains[0][0]
+    for c, chain in enumerate(chains):
+        for f, atoms in enumerate(chain):
+            if len(atoms) != len(first):
+                raise ValueError(
+                    f"frames must have the same number of atoms: chain 0 frame 0 has {len(first)}, "
+                    f"chain {c} frame {f} has {len(atoms)}"
+                )
+            if not np.array_equal(atoms.numbers, first.numbers):
+                raise ValueError(f"chain {c} frame {f} has other atomic numbers (or atom order) than chain 0 frame 0")
+    return Trajectory(
+        positions=np.stack([[a.positions for a in chain] for chain in chains]),
+        cells=np.stack([[np.asarray(a.cell) for a in chain] for chain in chains]),
+        atomic_numbers=first.numbers,
+        pbc=first.pbc,
+        target_energies=_energies(chains),
+    )
 
-    positions: np.ndarray
-    cells: np.ndarray
-    numbers: np.ndarray
-    pbc: tuple[bool, bool, bool]
-    energies_eV: np.ndarray | None = None
 
-    def __post_init__(self):
-        pos = np.asarray(self.positions, np.float64)
-        if pos.ndim != 4 or pos.shape[-1] != 3:
-            raise ValueError(f"positions must have shape (n_chains, n_frames, n_atoms, 3); got {pos.shape}")
-        cells = np.asarray(self.cells, np.float64)
-        if cells.shape != pos.shape[:2] + (3, 3):
-            raise ValueError(f"cells must have shape {pos.shape[:2] + (3, 3)}; got {cells.shape}")
-        numbers = np.asarray(self.numbers).astype(np.int64).reshape(-1)
-        if numbers.size != pos.shape[2]:
-            raise ValueError(f"numbers has {numbers.size} entries but the frames have {pos.shape[2]} atoms")
-        if pos.shape[0] == 0 or pos.shape[1] == 0:
-            raise ValueError(f"a frame set needs at least one chain and one frame; got shape {pos.shape}")
-        pbc = tuple(bool(p) for p in np.broadcast_to(np.asarray(self.pbc, bool), (3,)))
-        energies = None
-        if self.energies_eV is not None:
-            energies = np.asarray(self.energies_eV, np.float64)
-            if energies.shape != pos.shape[:2]:
-                raise ValueError(f"energies_eV must have shape {pos.shape[:2]}; got {energies.shape}")
-        object.__setattr__(self, "positions", pos)
-        object.__setattr__(self, "cells", cells)
-        object.__setattr__(self, "numbers", numbers)
-        object.__setattr__(self, "pbc", pbc)
-        object.__setattr__(self, "energies_eV", energies)
+def join_frames(trajectories) -> Trajectory:
+    """One trajectory of several runs of the same chains, each chain's frames one run after the other
+    (an optional array is kept where every run has it)."""
+    trajectories = list(trajectories)
+    first = trajectories[0]
 
-    @property
-    def n_chains(self) -> int:
-        return int(self.positions.shape[0])
+    def joined(name):
+        parts = [getattr(t, name) for t in trajectories]
+        return None if any(p is None for p in parts) else np.concatenate(parts, axis=1)
 
-    @property
-    def n_frames(self) -> int:
-        """Frames per chain."""
-        return int(self.positions.shape[1])
-
-    @property
-    def n_atoms(self) -> int:
-        return int(self.positions.shape[2])
-
-    def frames(self) -> Frames:
-        """All frames, chain after chain, as :class:`slhmc_jax.analysis.observables.Frames`."""
-        n = self.n_chains * self.n_frames
-        return Frames(self.positions.reshape(n, self.n_atoms, 3), self.cells.reshape(n, 3, 3), self.numbers, self.pbc)
-
-    @classmethod
-    def from_atoms(cls, chains) -> "FrameSet":
-        """From a list of ase.Atoms (one chain) or a list of such lists (equal lengths)."""
-        from ase import Atoms
-
-        chains = list(chains)
-        if chains and isinstance(chains[0], Atoms):
-            chains = [chains]
-        if not chains or not all(len(c) for c in chains):
-            raise ValueError("no frames given")
-        lengths = {len(c) for c in chains}
-        if len(lengths) != 1:
-            raise ValueError(f"chains must have equal lengths to form one frame set; got {sorted(lengths)}")
-        first = chains[0][0]
-        for c, chain in enumerate(chains):
-            for f, atoms in enumerate(chain):
-                if len(atoms) != len(first):
-                    raise ValueError(
-                        f"frames must have the same number of atoms: chain 0 frame 0 has {len(first)}, "
-                        f"chain {c} frame {f} has {len(atoms)}"
-                    )
-                if not np.array_equal(atoms.numbers, first.numbers):
-                    raise ValueError(f"chain {c} frame {f} has other atomic numbers (or atom order) than chain 0 frame 0")
-        energies = _energies(chains)
-        return cls(
-            positions=np.stack([[a.positions for a in chain] for chain in chains]),
-            cells=np.stack([[np.asarray(a.cell) for a in chain] for chain in chains]),
-            numbers=first.numbers,
-            pbc=tuple(bool(p) for p in first.pbc),
-            energies_eV=energies,
-        )
+    return Trajectory(positions=joined("positions"), cells=joined("cells"), atomic_numbers=first.atomic_numbers,
+                      pbc=first.pbc, target_energies=joined("target_energies"), accepted=joined("accepted"),
+                      store_keys=joined("store_keys"))
 
 
 def _energies(chains):
@@ -176,7 +134,9 @@ class SamplerTrace:
         acceptance_probability: (n_chains, n_steps) min(1, exp(-beta dH)), or None.
         ml_energy_error_eV: (n_chains, n_steps) ML-trajectory energy error, eV, or None.
         move: (n_steps,) int, 0 = HMC move, 1 = cell move, or None (all HMC).
-        n_target_calls: target evaluations spent (warm-up included), or None.
+        target_evaluations: configurations the target evaluated (warm-up included), or None.
+        judged: configurations judged, target evaluations + store hits (a hit is a call an earlier
+            process of the run paid), or None: the denominator of ESS per target call.
     """
 
     target_energies_eV: np.ndarray
@@ -184,7 +144,8 @@ class SamplerTrace:
     acceptance_probability: np.ndarray | None = None
     ml_energy_error_eV: np.ndarray | None = None
     move: np.ndarray | None = None
-    n_target_calls: int | None = None
+    target_evaluations: int | None = None
+    judged: int | None = None
 
     def __post_init__(self):
         e = np.asarray(self.target_energies_eV, np.float64)
@@ -207,8 +168,9 @@ class SamplerTrace:
             if move.size != e.shape[1]:
                 raise ValueError(f"move must have {e.shape[1]} entries (one per step); got {move.size}")
             object.__setattr__(self, "move", move)
-        if self.n_target_calls is not None:
-            object.__setattr__(self, "n_target_calls", int(self.n_target_calls))
+        for name in ("target_evaluations", "judged"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, int(getattr(self, name)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,7 +194,7 @@ class Arm:
     """One arm's evaluation frames (and, optionally, its training set's energies)."""
 
     name: str
-    frames: FrameSet
+    frames: Trajectory
     training: TrainingEnergies | None = None
 
     def __post_init__(self):
@@ -254,7 +216,7 @@ class RunData:
         metadata: JSON-serialisable extras (copied into report.json).
     """
 
-    reference: FrameSet
+    reference: Trajectory
     arms: tuple[Arm, ...] = ()
     sampler: SamplerTrace | None = None
     temperature_K: float | None = None
@@ -270,34 +232,36 @@ class RunData:
         if self.ensemble not in ("nvt", "npt"):
             raise ValueError(f"ensemble must be 'nvt' or 'npt'; got {self.ensemble!r}")
         for arm in self.arms:
-            if arm.frames.n_atoms != self.reference.n_atoms or not np.array_equal(arm.frames.numbers, self.reference.numbers):
+            if arm.frames.n_atoms != self.reference.n_atoms or not np.array_equal(arm.frames.atomic_numbers,
+                                                                                  self.reference.atomic_numbers):
                 raise ValueError(
                     f"arm {arm.name!r} has {arm.frames.n_atoms} atoms, the reference {self.reference.n_atoms}: "
                     "an arm must hold the reference's atoms in the same order"
                 )
-            if arm.frames.pbc != self.reference.pbc:
-                raise ValueError(f"arm {arm.name!r} has pbc={list(arm.frames.pbc)}, the reference {list(self.reference.pbc)}")
+            if not np.array_equal(arm.frames.pbc, self.reference.pbc):
+                raise ValueError(f"arm {arm.name!r} has pbc={[bool(p) for p in arm.frames.pbc]}, "
+                                 f"the reference {[bool(p) for p in self.reference.pbc]}")
 
 
 # ----------------------------------------------------------------------------------------
 # the adapter from the sampler's result
 
 
-def reference_from_sample(result) -> tuple[FrameSet, SamplerTrace]:
-    """The target reference and sampler traces of a :class:`slhmc_jax.SampleResult`.
+def reference_from_sample(result) -> tuple[Trajectory, SamplerTrace]:
+    """The frames and sampler traces of a :class:`slhmc_jax.SampleResult` (the reference run's, or any other).
 
     The only place that knows the SampleResult's fields.
     """
     d = result.diagnostics
-    frames = FrameSet(np.asarray(result.positions), np.asarray(result.cells), np.asarray(result.atomic_numbers),
-                      tuple(bool(p) for p in result.pbc), np.asarray(result.target_energies))
+    frames = result.trajectory()
     trace = SamplerTrace(
         target_energies_eV=np.asarray(result.target_energies),
         accepted=np.asarray(result.accepted, bool),
         acceptance_probability=d.acceptance_probability,
         ml_energy_error_eV=d.ml_energy_error_eV,
         move=d.move,
-        n_target_calls=d.n_target_calls,
+        target_evaluations=result.counters.target_evaluations,
+        judged=result.counters.judged,
     )
     return frames, trace
 
@@ -306,42 +270,30 @@ def reference_from_sample(result) -> tuple[FrameSet, SamplerTrace]:
 # files
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def write_frames(path, frames: FrameSet) -> Path:
-    """Write a frame set as ``.npz`` (the layout of the module docstring)."""
+def write_frames(path, frames: Trajectory) -> Path:
+    """Write a trajectory as ``.npz`` (:meth:`Trajectory.save`, the layout of the module docstring)."""
     path = Path(path)
     if path.suffix != ".npz":
         raise ValueError(f"frame sets are written as .npz; got {path.name}")
-    arrays = {"positions": frames.positions, "cells": frames.cells, "numbers": frames.numbers, "pbc": np.asarray(frames.pbc)}
-    if frames.energies_eV is not None:
-        arrays["energies_eV"] = frames.energies_eV
-    _atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
-    return path
+    return frames.save(path)
 
 
-def read_frames(path) -> FrameSet:
-    """Read a frame set: ``.npz`` of this layout, or any trajectory ASE reads (one chain)."""
+_FIRST_LAYOUT = {"numbers": "atomic_numbers", "energies_eV": "target_energies"}  # version 1's first frame files
+
+
+def read_frames(path) -> Trajectory:
+    """Read a trajectory: ``.npz`` of this layout, or any trajectory ASE reads (one chain)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"frame file {str(path)!r} does not exist")
     if path.suffix == ".npz":
-        with np.load(path) as data:
-            missing = [k for k in ("positions", "cells", "numbers", "pbc") if k not in data.files]
-            if missing:
-                raise ValueError(f"{path}: missing arrays {missing} (have {sorted(data.files)})")
-            return FrameSet(
-                data["positions"], data["cells"], data["numbers"], tuple(data["pbc"].tolist()),
-                data["energies_eV"] if "energies_eV" in data.files else None,
-            )
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {_FIRST_LAYOUT.get(k, k): data[k] for k in data.files}
+        missing = [k for k in ("positions", "cells", "atomic_numbers", "pbc") if k not in arrays]
+        if missing:
+            raise ValueError(f"{path}: missing arrays {missing} (have {sorted(arrays)})")
+        names = {f.name for f in dataclasses.fields(Trajectory)}
+        return Trajectory(**{k: v for k, v in arrays.items() if k in names})
     import ase.io
 
     try:
@@ -350,11 +302,37 @@ def read_frames(path) -> FrameSet:
         raise ValueError(f"cannot read frames from {path}: {err}") from None
     if not atoms:
         raise ValueError(f"{path} holds no frames")
-    return FrameSet.from_atoms(atoms)
+    return trajectory_from_atoms(atoms)
 
 
-def _write_npz(path: Path, arrays: dict) -> None:
-    _atomic_write(path, lambda fh: np.savez_compressed(fh, **{k: v for k, v in arrays.items() if v is not None}))
+def write_trace(path, trace: SamplerTrace) -> Path:
+    """Write sampler traces as ``.npz`` (``sampler.npz``'s layout in the module docstring)."""
+    arrays = {
+        "target_energies_eV": trace.target_energies_eV,
+        "accepted": trace.accepted,
+        "acceptance_probability": trace.acceptance_probability,
+        "ml_energy_error_eV": trace.ml_energy_error_eV,
+        "move": trace.move,
+        "n_target_calls": None if trace.target_evaluations is None else np.asarray(trace.target_evaluations),
+        "n_judged": None if trace.judged is None else np.asarray(trace.judged),
+    }
+    return write_npz(path, **{k: v for k, v in arrays.items() if v is not None})
+
+
+def read_trace(path) -> SamplerTrace:
+    """Sampler traces written by :func:`write_trace`."""
+    with np.load(path, allow_pickle=False) as data:
+        get = lambda k: data[k] if k in data.files else None  # noqa: E731
+        n_calls, n_judged = get("n_target_calls"), get("n_judged")
+        return SamplerTrace(
+            target_energies_eV=data["target_energies_eV"],
+            accepted=data["accepted"],
+            acceptance_probability=get("acceptance_probability"),
+            ml_energy_error_eV=get("ml_energy_error_eV"),
+            move=get("move"),
+            target_evaluations=None if n_calls is None else int(n_calls),
+            judged=None if n_judged is None else int(n_judged),
+        )
 
 
 def write_run_directory(path, run: RunData) -> Path:
@@ -368,26 +346,13 @@ def write_run_directory(path, run: RunData) -> Path:
         write_frames(root / entry["frames"], arm.frames)
         if arm.training is not None:
             entry["training_energies"] = f"arms/{arm.name}.training.npz"
-            _write_npz(
-                root / entry["training_energies"],
-                {"energies_target_eV": arm.training.energies_target_eV, "energies_source_eV": arm.training.energies_source_eV},
-            )
+            write_npz(root / entry["training_energies"], energies_target_eV=arm.training.energies_target_eV,
+                      energies_source_eV=arm.training.energies_source_eV)
         arms[arm.name] = entry
     sampler = None
     if run.sampler is not None:
         sampler = "sampler.npz"
-        t = run.sampler
-        _write_npz(
-            root / sampler,
-            {
-                "target_energies_eV": t.target_energies_eV,
-                "accepted": t.accepted,
-                "acceptance_probability": t.acceptance_probability,
-                "ml_energy_error_eV": t.ml_energy_error_eV,
-                "move": t.move,
-                "n_target_calls": None if t.n_target_calls is None else np.asarray(t.n_target_calls),
-            },
-        )
+        write_trace(root / sampler, run.sampler)
     manifest = {
         "format": FORMAT,
         "version": VERSION,
@@ -399,8 +364,7 @@ def write_run_directory(path, run: RunData) -> Path:
         "arms": arms,
         "metadata": run.metadata,
     }
-    text = json.dumps(manifest, indent=2).encode()
-    _atomic_write(root / MANIFEST, lambda fh: fh.write(text))
+    write_json(root / MANIFEST, manifest)
     return root
 
 
@@ -429,22 +393,12 @@ def read_run_directory(path) -> RunData:
             raise ValueError(f"{manifest_path}: arm {name!r} must be an object with a 'frames' path")
         training = None
         if entry.get("training_energies"):
-            with np.load(root / entry["training_energies"]) as data:
+            with np.load(root / entry["training_energies"], allow_pickle=False) as data:
                 training = TrainingEnergies(data["energies_target_eV"], data["energies_source_eV"])
         arms.append(Arm(name, read_frames(root / entry["frames"]), training))
     sampler = None
     if manifest.get("sampler"):
-        with np.load(root / manifest["sampler"]) as data:
-            get = lambda k: data[k] if k in data.files else None  # noqa: E731
-            n_calls = get("n_target_calls")
-            sampler = SamplerTrace(
-                target_energies_eV=data["target_energies_eV"],
-                accepted=data["accepted"],
-                acceptance_probability=get("acceptance_probability"),
-                ml_energy_error_eV=get("ml_energy_error_eV"),
-                move=get("move"),
-                n_target_calls=None if n_calls is None else int(n_calls),
-            )
+        sampler = read_trace(root / manifest["sampler"])
     return RunData(
         reference=reference,
         arms=tuple(arms),

@@ -33,12 +33,14 @@ try:
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from slhmc_jax.checks import FieldCheck
+from slhmc_jax.sampler.md import THERMOSTATS
+
 ARMS = ("foundation", "relabel", "slhmc")
 STRUCTURES = ("molecule", "rutile", "crystal", "file")
 TARGET_CODES = ("pyscf", "ase")
 DISPATCH = ("serial", "processes", "dask")
 SAMPLED_BY = ("hmc",)
-THERMOSTATS = ("baoab", "bussi")
 VALIDATE_PROPOSALS = ("foundation", "finetuned")
 
 
@@ -48,6 +50,11 @@ class ConfigError(ValueError):
 
 def _fail(table: str, key: str, why: str):
     raise ConfigError(f"[{table}] {key}: {why}")
+
+
+def _check(obj, table: str) -> FieldCheck:
+    """The field checks of the dataclass ``obj`` of ``[table]``: errors read "[table] key: must be ...; got ..."."""
+    return FieldCheck(obj, label=lambda key: f"[{table}] {key}:", error=ConfigError)
 
 
 # ----------------------------------------------------------------------------------------
@@ -72,13 +79,12 @@ class RunConfig:
     labels: str = "forces"
 
     def __post_init__(self):
-        if self.iterations < 1:
-            _fail("run", "iterations", f"must be >= 1; got {self.iterations}")
-        if self.labels not in ("forces", "accepted", "energy"):
-            _fail("run", "labels", f"must be 'forces', 'accepted' or 'energy'; got {self.labels!r}")
+        check = _check(self, "run")
+        check.integer("iterations", 1, expected=">= 1")
+        check.choice("labels", ("forces", "accepted", "energy"), expected="'forces', 'accepted' or 'energy'")
         bad = [a for a in self.arms if a not in ARMS]
-        if bad or not self.arms or len(set(self.arms)) != len(self.arms):
-            _fail("run", "arms", f"must be distinct names from {ARMS}; got {list(self.arms)}")
+        check.require(not bad and bool(self.arms) and len(set(self.arms)) == len(self.arms), "arms",
+                      f"distinct names from {ARMS}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,14 +106,12 @@ class SystemConfig:
     vacuum_A: float = 6.0
 
     def __post_init__(self):
-        if self.structure not in STRUCTURES:
-            _fail("system", "structure", f"must be one of {STRUCTURES}; got {self.structure!r}")
-        if len(self.repeat) != 3 or any(r < 1 for r in self.repeat):
-            _fail("system", "repeat", f"must be three positive integers; got {list(self.repeat)}")
+        check = _check(self, "system")
+        check.choice("structure", STRUCTURES)
+        check.require(len(self.repeat) == 3 and all(r >= 1 for r in self.repeat), "repeat", "three positive integers")
         if self.structure == "file" and not self.path:
             _fail("system", "path", "is required when structure = 'file'")
-        if self.vacuum_A <= 0:
-            _fail("system", "vacuum_A", f"must be > 0 A; got {self.vacuum_A}")
+        check.number("vacuum_A", 0.0, lo_open=True, expected="> 0 A")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,8 +131,7 @@ class ModelConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.dtype not in ("float32", "float64"):
-            _fail("model", "dtype", f"must be 'float32' or 'float64'; got {self.dtype!r}")
+        _check(self, "model").choice("dtype", ("float32", "float64"), expected="'float32' or 'float64'")
         if not self.foundation:
             _fail("model", "foundation", "must name a model")
         if self.hyperparameters and not self.foundation.startswith("registry:"):
@@ -166,25 +169,22 @@ class TargetConfig:
     scheduler: str | None = None
 
     def __post_init__(self):
-        if self.code not in TARGET_CODES:
-            _fail("target", "code", f"must be one of {TARGET_CODES}; got {self.code!r}")
-        if self.dispatch not in DISPATCH:
-            _fail("target", "dispatch", f"must be one of {DISPATCH}; got {self.dispatch!r}")
-        if self.workers < 1:
-            _fail("target", "workers", f"must be >= 1; got {self.workers}")
-        if self.conv_tol_Ha <= 0:
-            _fail("target", "conv_tol_Ha", f"must be > 0 Ha; got {self.conv_tol_Ha}")
-        if self.code == "ase" and self.calculator not in ("emt", "morse", "lj"):
-            _fail("target", "calculator", f"must be 'emt', 'morse' or 'lj' for code = 'ase'; got {self.calculator!r}")
+        check = _check(self, "target")
+        check.choice("code", TARGET_CODES)
+        check.choice("dispatch", DISPATCH)
+        check.integer("workers", 1, expected=">= 1")
+        check.number("conv_tol_Ha", 0.0, lo_open=True, expected="> 0 Ha")
+        if self.code == "ase":
+            check.choice("calculator", ("emt", "morse", "lj"), expected="'emt', 'morse' or 'lj' for code = 'ase'")
         if self.code == "pyscf":
-            from slhmc_jax.targets.pyscf_target import _check_xc
+            from slhmc_jax.targets.pyscf_target import check_xc
 
             try:
-                _check_xc(self.xc)
+                check_xc(self.xc)
             except ValueError as err:
                 _fail("target", "xc", str(err))
-        if self.kpts is not None and (len(self.kpts) != 3 or any(k < 1 for k in self.kpts)):
-            _fail("target", "kpts", f"must be three positive integers; got {list(self.kpts)}")
+        if self.kpts is not None:
+            check.require(len(self.kpts) == 3 and all(k >= 1 for k in self.kpts), "kpts", "three positive integers")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,14 +203,10 @@ class ModelSampling:
     timestep_fs: float = 0.5
 
     def __post_init__(self):
-        for key in ("n_chains", "trajectory_steps"):
-            if getattr(self, key) < 1:
-                _fail(self.TABLE, key, f"must be >= 1; got {getattr(self, key)}")
-        for key in ("warmup_steps", "burn_in_steps"):
-            if getattr(self, key) < 0:
-                _fail(self.TABLE, key, f"must be >= 0; got {getattr(self, key)}")
-        if self.timestep_fs <= 0:
-            _fail(self.TABLE, "timestep_fs", f"must be > 0 fs; got {self.timestep_fs}")
+        check = _check(self, self.TABLE)
+        for key, low in (("n_chains", 1), ("trajectory_steps", 1), ("warmup_steps", 0), ("burn_in_steps", 0)):
+            check.integer(key, low, expected=f">= {low}")
+        check.number("timestep_fs", 0.0, lo_open=True, expected="> 0 fs")
 
     def sampler_fields(self) -> dict:
         """The SamplerSettings fields this table sets."""
@@ -252,15 +248,13 @@ class EvaluationConfig(ModelSampling):
 
     def __post_init__(self):
         super().__post_init__()
+        check = _check(self, "evaluation")
         for key in ("n_steps", "k", "n_bins", "n_bootstrap"):
-            if getattr(self, key) < 1:
-                _fail("evaluation", key, f"must be >= 1; got {getattr(self, key)}")
-        if self.r_max_A is not None and self.r_max_A <= 0:
-            _fail("evaluation", "r_max_A", f"must be > 0 A; got {self.r_max_A}")
-        if self.reference not in ("last", "all"):
-            _fail("evaluation", "reference", f"must be 'last' or 'all'; got {self.reference!r}")
-        if not self.pairs or any(len(p) != 2 for p in self.pairs):
-            _fail("evaluation", "pairs", f"must be a list of [element, element] pairs; got {[list(p) for p in self.pairs]}")
+            check.integer(key, 1, expected=">= 1")
+        check.number("r_max_A", 0.0, lo_open=True, optional=True, expected="> 0 A")
+        check.choice("reference", ("last", "all"), expected="'last' or 'all'")
+        check.require(bool(self.pairs) and all(len(p) == 2 for p in self.pairs), "pairs",
+                      "a list of [element, element] pairs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,8 +268,7 @@ class CostConfig:
     seconds_per_call: float = 1.0
 
     def __post_init__(self):
-        if self.seconds_per_call <= 0:
-            _fail("cost", "seconds_per_call", f"must be > 0 s; got {self.seconds_per_call}")
+        _check(self, "cost").number("seconds_per_call", 0.0, lo_open=True, expected="> 0 s")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,22 +307,18 @@ class ValidateConfig:
     max_md_cost_s: float = 4 * 3600.0
 
     def __post_init__(self):
-        if self.thermostat not in THERMOSTATS:
-            _fail("validate", "thermostat", f"must be one of {THERMOSTATS}; got {self.thermostat!r}")
-        if self.temperature_K is not None and not self.temperature_K > 0:
-            _fail("validate", "temperature_K", f"the thermostat needs a temperature > 0 K; got {self.temperature_K}")
+        check = _check(self, "validate")
+        check.choice("thermostat", THERMOSTATS)
+        check.number("temperature_K", 0.0, lo_open=True, optional=True, expected="a temperature > 0 K (the thermostat's)")
         for key in ("friction_per_ps", "tau_fs", "timestep_fs", "max_md_cost_s"):
-            if not getattr(self, key) > 0:
-                _fail("validate", key, f"must be > 0; got {getattr(self, key)}")
+            check.number(key, 0.0, lo_open=True, expected="> 0")
         for key, low in (("md_steps", 4), ("replicas", 1), ("burn_in_steps", 0), ("finetune_structures", 2),
                          ("max_atoms", 1)):
-            if getattr(self, key) < low:
-                _fail("validate", key, f"must be >= {low}; got {getattr(self, key)}")
-        if self.slhmc_steps is not None and self.slhmc_steps < 4:
-            _fail("validate", "slhmc_steps", f"must be >= 4; got {self.slhmc_steps}")
+            check.integer(key, low, expected=f">= {low}")
+        check.integer("slhmc_steps", 4, optional=True, expected=">= 4")
         bad = [p for p in self.proposals if p not in VALIDATE_PROPOSALS]
-        if bad or not self.proposals or len(set(self.proposals)) != len(self.proposals):
-            _fail("validate", "proposals", f"must be distinct names from {VALIDATE_PROPOSALS}; got {list(self.proposals)}")
+        check.require(not bad and bool(self.proposals) and len(set(self.proposals)) == len(self.proposals), "proposals",
+                      f"distinct names from {VALIDATE_PROPOSALS}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -354,7 +343,7 @@ class WorkflowConfig:
 
 def _tables():
     from slhmc_jax.finetune import FinetuneSettings
-    from slhmc_jax.sampler.driver import SamplerSettings
+    from slhmc_jax.sampler.settings import SamplerSettings
 
     return {"run": RunConfig, "system": SystemConfig, "model": ModelConfig, "target": TargetConfig,
             "sampler": SamplerSettings, "finetune": FinetuneSettings, "relabel": RelabelConfig,
@@ -531,12 +520,12 @@ def load_validation(path) -> ValidationConfig:
 
 def validate_path() -> Path:
     """The embedded default ``slhmc validate`` config (the quickstart molecule, PySCF PBE)."""
-    return Path(__file__).parent / "data" / "validate.toml"
+    return Path(__file__).parents[1] / "data" / "validate.toml"
 
 
 def quickstart_path() -> Path:
     """The embedded quickstart config (shipped inside the package)."""
-    return Path(__file__).parent / "data" / "quickstart.toml"
+    return Path(__file__).parents[1] / "data" / "quickstart.toml"
 
 
 def to_toml(config: WorkflowConfig) -> str:
@@ -549,12 +538,21 @@ def to_toml(config: WorkflowConfig) -> str:
             if name in _RESERVED and f.name in _RESERVED[name]:
                 continue
             value = getattr(obj, f.name)
-            lines.append(f"{f.name} = {'false' if value is None else _toml_value(value)}")  # false: off (None)
+            lines.append(f"{f.name} = {'false' if value is None else toml_value(value)}")  # false: off (None)
         lines.append("")
     return "\n".join(lines)
 
 
-def _toml_value(v) -> str:
+def validation_to_toml(config: ValidationConfig) -> str:
+    """The validation config as TOML: the workflow's tables (:func:`to_toml`), then [validate]."""
+    v = config.validate
+    return to_toml(config.workflow) + "[validate]\n" + "".join(
+        f"{f.name} = {'false' if getattr(v, f.name) is None else toml_value(getattr(v, f.name))}\n"
+        for f in dataclasses.fields(v))
+
+
+def toml_value(v) -> str:
+    """One TOML value: a bool, number, string, list or inline table (None has no TOML form: write false)."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):
@@ -562,7 +560,7 @@ def _toml_value(v) -> str:
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, (tuple, list)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
     raise TypeError(f"cannot write {v!r} as TOML")

@@ -20,7 +20,8 @@ Run directory::
 
     RUN_DIR/config.toml            the validated config (a rerun must use the same one)
     RUN_DIR/labels.sqlite          every target result (label store)
-    RUN_DIR/slhmc/iter_K/          sample checkpoint, samples.npz (the production samples)
+    RUN_DIR/slhmc/iter_K/          sample checkpoint, samples.npz (the production samples, a trajectory
+                                   file: slhmc_jax.sampler.trajectory) and trace.npz (their sampler traces)
     RUN_DIR/finetune/<model>/      fine-tuning checkpoints, metrics, learning curve
     RUN_DIR/models/<model>.*       models: params (.params.pkl), MACE native (.npz) and mace-torch (.model)
     RUN_DIR/relabel/               the foundation's own samples and the relabel set
@@ -38,16 +39,20 @@ repeated and the end result is what an uninterrupted run gives.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
-import os
-import pickle
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
+from slhmc_jax.analysis import run_directory as rd
 from slhmc_jax.app import config as cfg
+from slhmc_jax.app.run_files import claim_run_directory, load_model, save_model
+from slhmc_jax.files import write_json
+from slhmc_jax.sampler.trajectory import Trajectory
 
 PROMOTED_METADATA = ("time_breakdown_s", "iterations", "dft_calls")
 
@@ -128,6 +133,10 @@ def sampler_settings(config: cfg.WorkflowConfig, phase: str, **overrides):
 # time accounting
 
 
+# ----------------------------------------------------------------------------------------
+# time accounting
+
+
 class Timings:
     """Seconds per category, persisted in ``timings.json`` (a resumed run adds to it)."""
 
@@ -141,92 +150,74 @@ class Timings:
 
     def add(self, category: str, seconds: float) -> None:
         self.seconds[category] = self.seconds.get(category, 0.0) + float(seconds)
-        _write_text(self.path, json.dumps(self.seconds, indent=1))
-
-
-class TimedTarget:
-    """A Target whose evaluations are timed into ``timings`` (category "target_dft")."""
-
-    def __init__(self, target, timings: Timings):
-        self.target, self.timings = target, timings
-        self.compute_forces = getattr(target, "compute_forces", False)
-
-    def settings(self) -> dict:
-        return self.target.settings()
-
-    def with_forces(self):
-        from slhmc_jax.targets import with_forces
-
-        return TimedTarget(with_forces(self.target), self.timings)
-
-    def evaluate_streaming(self, atoms_list, chains=None):
-        from slhmc_jax.targets.base import stream
-
-        t0 = time.perf_counter()
-        try:
-            yield from stream(self.target, atoms_list, chains)
-        finally:
-            self.timings.add("target_dft", time.perf_counter() - t0)
-
-    def evaluate(self, atoms_list, chains=None):
-        out = [None] * len(atoms_list)
-        for j, r in self.evaluate_streaming(atoms_list, chains):
-            out[j] = r
-        return out
-
-    def __call__(self, atoms_list):
-        return np.array([r.energy_eV for r in self.evaluate(atoms_list)])
+        write_json(self.path, self.seconds, indent=1)
 
 
 # ----------------------------------------------------------------------------------------
-# files
+# a phase's samples
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+class SampledRun(NamedTuple):
+    """A sampler run's production frames and their traces, as ``<phase>/samples.npz`` (a trajectory
+    file) and ``<phase>/trace.npz`` (:func:`slhmc_jax.analysis.run_directory.write_trace`) keep them."""
+
+    frames: Trajectory
+    trace: rd.SamplerTrace
+
+    @property
+    def acceptance(self) -> float:
+        """The mean over chains of each chain's accepted fraction of production moves."""
+        return float(self.frames.accepted.mean(1).mean())
+
+    def save(self, directory: Path) -> None:
+        rd.write_trace(directory / "trace.npz", self.trace)
+        self.frames.save(directory / "samples.npz")  # written last: the phase is complete
+
+    @classmethod
+    def load(cls, directory: Path) -> "SampledRun | None":
+        """The run saved in ``directory``, or None if it has not finished."""
+        if not (directory / "samples.npz").exists():
+            return None
+        return cls(Trajectory.load(directory / "samples.npz"), rd.read_trace(directory / "trace.npz"))
 
 
-def _write_npz(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+def distinct_states(frames: Trajectory) -> list[tuple[int, int]]:
+    """(chain, step) of the first occurrence of each distinct store key, step-major (a mix of chains
+    at every length)."""
+    seen, states = set(), []
+    keys = frames.store_keys
+    for s in range(keys.shape[1]):
+        for c in range(keys.shape[0]):
+            if str(keys[c, s]) not in seen:
+                seen.add(str(keys[c, s]))
+                states.append((c, s))
+    return states
 
 
-def _save_model(potential, path_stem: Path) -> None:
-    """params (always; reloaded onto the foundation's structure), MACE native .npz and mace-torch .model."""
-    import jax
+class SlhmcArm(NamedTuple):
+    """The slhmc arm: models[k] proposed iteration k (models[0] the foundation); each iteration's
+    production samples; the training set of the last model and its size after each iteration."""
 
-    path_stem.parent.mkdir(parents=True, exist_ok=True)
-    params = jax.tree_util.tree_map(np.asarray, potential.params)
-    tmp = path_stem.with_name(path_stem.name + ".params.pkl.tmp")
-    with open(tmp, "wb") as fh:
-        pickle.dump(params, fh)
-    if hasattr(potential, "hyperparameters"):  # a MACE: files the world reads too
-        from slhmc_jax.models import mace
-
-        mace.save(potential, path_stem.with_suffix(".npz"))
-        try:
-            mace.save_torch(potential, path_stem.with_suffix(".model"))
-        except ImportError:
-            pass
-    os.replace(tmp, path_stem.with_name(path_stem.name + ".params.pkl"))  # written last: the model is complete
+    models: list
+    runs: list
+    training_set: list
+    training_sizes: list
 
 
-def _load_model(base, path_stem: Path):
-    """The model saved by :func:`_save_model` (on the structure of ``base``), or None if not there."""
-    path = path_stem.with_name(path_stem.name + ".params.pkl")
-    if not path.exists():
-        return None
-    with open(path, "rb") as fh:
-        params = pickle.load(fh)
-    import jax
-    import jax.numpy as jnp
-
-    return dataclasses.replace(base, params=jax.tree_util.tree_map(jnp.asarray, params))
+def run_data(config: cfg.WorkflowConfig, runs: list, arms: dict, relabel_energies, metadata: dict) -> rd.RunData:
+    """What the report analyses: the target reference (the last SLHMC iteration's production samples,
+    or all iterations' pooled: [evaluation] reference), its traces, each arm's own samples."""
+    pooled = runs if config.evaluation.reference == "all" else runs[-1:]
+    reference = rd.join_frames([r.frames for r in pooled])
+    arm_list = []
+    for name, r in arms.items():
+        training = None
+        if name == "relabel" and relabel_energies is not None:
+            training = rd.TrainingEnergies(*relabel_energies)
+        arm_list.append(rd.Arm(name, r.frames, training))
+    s = config.sampler
+    return rd.RunData(reference=reference, arms=tuple(arm_list), sampler=runs[-1].trace, temperature_K=s.temperature_K,
+                      ensemble="nvt" if s.ensemble == "nvt" else "npt", pressure_GPa=s.pressure_GPa, metadata=metadata)
 
 
 # ----------------------------------------------------------------------------------------
@@ -278,31 +269,19 @@ class Workflow:
     """One run of the workflow in a run directory (see the module docstring)."""
 
     def __init__(self, config: cfg.WorkflowConfig, run_dir, *, foundation=None, target=None, progress: bool = True):
+        from slhmc_jax.targets import as_target, timed
         from slhmc_jax.targets.store import LabelStore
 
         self.config = config
         self.dir = Path(run_dir)
         self.progress = progress
-        self._check_directory()
+        claim_run_directory(self.dir, cfg.to_toml(config), "a run")
         self.timings = Timings(self.dir / "timings.json")
         self.store = LabelStore(self.dir / "labels.sqlite")
         self.start = build_structure(config.system)
-        from slhmc_jax.targets import as_target
-
-        self.target = TimedTarget(as_target(target) if target is not None else build_target(config.target), self.timings)
+        self.target = timed(as_target(target) if target is not None else build_target(config.target),
+                            functools.partial(self.timings.add, "target_dft"))
         self.foundation = foundation if foundation is not None else self._load_foundation()
-
-    # ---- set-up
-
-    def _check_directory(self) -> None:
-        text = cfg.to_toml(self.config)
-        path = self.dir / "config.toml"
-        if path.exists():
-            if path.read_text() != text:
-                raise cfg.ConfigError(f"{self.dir} holds a run of another config ({path}); use a new --run-dir "
-                                      f"or the same config to resume")
-        else:
-            _write_text(path, text)
 
     def _load_foundation(self):
         from slhmc_jax.models.foundations import load_foundation
@@ -321,64 +300,47 @@ class Workflow:
 
     # ---- sampling
 
-    def _sample(self, name: str, starts, proposal, target, settings, *, store, labels="energy") -> dict:
-        """A sampler run, resumable, its production arrays saved in ``name/samples.npz``."""
+    def _sample(self, name: str, starts, proposal, target, settings, *, store, labels="energy") -> SampledRun:
+        """A sampler run, resumable, its production frames and traces saved in ``name/``."""
         import slhmc_jax
 
-        out = self.dir / name / "samples.npz"
-        if out.exists():
-            return dict(np.load(out, allow_pickle=False))
-        out.parent.mkdir(parents=True, exist_ok=True)
+        done = SampledRun.load(self.dir / name)
+        if done is not None:
+            return done
         t0 = time.perf_counter()
         dft0 = self.timings.seconds["target_dft"]
         res = slhmc_jax.sample(starts, proposal, target, settings=settings, store=store, labels=labels,
                                checkpoint=self.dir / name / "sample.ckpt", progress=self.progress)
         spent = time.perf_counter() - t0 - (self.timings.seconds["target_dft"] - dft0)
         self.timings.add("ml_sampling", max(spent, 0.0))
-        d = res.diagnostics
-        arrays = dict(positions=res.positions, cells=res.cells, energies=res.target_energies, accepted=res.accepted,
-                      keys=res.store_keys, numbers=res.atomic_numbers, pbc=res.pbc,
-                      acceptance_probability=d.acceptance_probability, ml_energy_error=d.ml_energy_error_eV,
-                      move=d.move, n_target_calls=d.n_target_calls, n_judged=d.n_judged,
-                      acceptance=res.acceptance_rate.mean())
-        _write_npz(out, **arrays)
-        return arrays
+        run = SampledRun(*rd.reference_from_sample(res))
+        run.save(self.dir / name)
+        return run
 
-    def _ends(self, samples: dict) -> list:
-        """The chains' last states as start structures."""
-        return [self._atoms(samples["positions"][c, -1], samples["cells"][c, -1]) for c in range(samples["positions"].shape[0])]
-
-    def _atoms(self, positions, cell):
+    def _atoms(self, frames: Trajectory, chain: int, step: int):
+        """Frame ``step`` of ``chain`` on the start structure (its atoms' other properties kept)."""
         a = self.start.copy()
-        a.positions, a.cell = np.asarray(positions), np.asarray(cell)
+        a.positions, a.cell = np.asarray(frames.positions[chain, step]), np.asarray(frames.cells[chain, step])
         return a
 
     # ---- labels and training
 
-    def _labelled(self, samples: dict) -> list:
+    def _labelled(self, frames: Trajectory) -> list:
         """The distinct production states of an SLHMC run with their target labels from the store
         (forces computed now, warm-started along each chain, for states stored without them)."""
         from ase.calculators.singlepoint import SinglePointCalculator
 
-        seen, states = set(), []
-        keys = samples["keys"]
-        for s in range(keys.shape[1]):  # step-major: a mix of chains at every length
-            for c in range(keys.shape[0]):
-                if str(keys[c, s]) not in seen:
-                    seen.add(str(keys[c, s]))
-                    states.append((c, s, self._atoms(samples["positions"][c, s], samples["cells"][c, s])))
-        results = [self.store.get_by_key(str(keys[c, s])) for c, s, _ in states]
+        states = [(c, s, self._atoms(frames, c, s)) for c, s in distinct_states(frames)]
+        results = [self.store.get_by_key(str(frames.store_keys[c, s])) for c, s, _ in states]
         with_forces = self.config.run.labels != "energy"
         missing = [i for i, r in enumerate(results) if r is None or (with_forces and r.forces_eV_A is None)]
         if missing:
             order = sorted(missing, key=lambda i: (states[i][0], states[i][1]))  # chain by chain: warm starts
             for i, r in zip(order, self._label([states[i][2] for i in order], [states[i][0] for i in order])):
                 results[i] = r
-        out = []
         for (_, _, a), r in zip(states, results):
             a.calc = SinglePointCalculator(a, energy=r.energy_eV, forces=r.forces_eV_A, stress=r.stress_eV_A3)
-            out.append(a)
-        return out
+        return [a for _, _, a in states]
 
     def _label(self, configs: list, chains: list) -> list:
         """Target results of ``configs`` through the store: with forces unless [run] labels = "energy"."""
@@ -393,7 +355,7 @@ class Workflow:
         from slhmc_jax import finetune
 
         stem = self.dir / "models" / name
-        done = _load_model(self.foundation, stem)
+        done = load_model(self.foundation, stem)
         if done is not None:
             return done
         self._log(f"fine-tuning {name} on {len(train)} configurations")
@@ -402,52 +364,53 @@ class Workflow:
         t0 = time.perf_counter()
         result = finetune.finetune(self.foundation, train, settings=settings)
         self.timings.add("training", time.perf_counter() - t0)
-        _save_model(result.potential, stem)
+        save_model(result.potential, stem)
         return result.potential
 
     # ---- the arms
 
-    def slhmc_arm(self) -> tuple[list, list, list]:
-        """(models, per-iteration samples, training sets); models[k] proposed iteration k."""
+    def slhmc_arm(self) -> SlhmcArm:
+        """SLHMC with model_k proposing iteration k, model_{k+1} fine-tuned on every sample so far."""
         c = self.config
-        models, samples, train = [self.foundation], [], []
-        self.training_sizes = []
+        arm = SlhmcArm([self.foundation], [], [], [])
         starts = self.start
         for k in range(c.run.iterations):
             settings = sampler_settings(c, "slhmc", offset=k)
             self._log(f"slhmc iteration {k}: {settings.n_chains} chains x {settings.n_steps} steps, model_{k} proposes")
-            s = self._sample(f"slhmc/iter_{k}", starts, models[k], self.target, settings, store=self.store,
-                             labels="forces" if c.run.labels == "forces" else "energy")
-            self._log(f"slhmc iteration {k}: acceptance {float(s['acceptance']):.3f}, {int(s['n_target_calls'])} target calls")
-            samples.append(s)
-            train = train + self._labelled(s)
-            self.training_sizes.append(len(train))
-            models.append(self._finetune(f"slhmc_{k + 1}", train))
-            starts = self._ends(s)
-        return models, samples, train
+            run = self._sample(f"slhmc/iter_{k}", starts, arm.models[k], self.target, settings, store=self.store,
+                               labels="forces" if c.run.labels == "forces" else "energy")
+            self._log(f"slhmc iteration {k}: acceptance {run.acceptance:.3f}, {run.trace.target_evaluations} target calls")
+            arm.runs.append(run)
+            arm.training_set.extend(self._labelled(run.frames))
+            arm.training_sizes.append(len(arm.training_set))
+            arm.models.append(self._finetune(f"slhmc_{k + 1}", list(arm.training_set)))
+            starts = [self._atoms(run.frames, ci, -1) for ci in range(run.frames.n_chains)]  # the chains' ends
+        return arm
 
     def relabel_arm(self, n_configurations: int):
-        """(model, training set, source energies): the foundation's own samples, relabelled and fine-tuned."""
+        """(model, training set, (target energies, source energies)): the foundation's own samples,
+        relabelled by the target and fine-tuned."""
+        from ase.calculators.singlepoint import SinglePointCalculator
+
         from slhmc_jax.targets import PotentialTarget
 
         c, r = self.config, self.config.relabel
         n_steps = max(1, math.ceil(n_configurations / r.n_chains))
         settings = sampler_settings(c, "relabel", n_steps=n_steps, on_failure="raise", **r.sampler_fields())
         self._log(f"relabel: the foundation's own distribution, {r.n_chains} chains x {n_steps} steps")
-        s = self._sample("relabel", self.start, self.foundation, PotentialTarget(self.foundation), settings, store=False)
+        frames = self._sample("relabel", self.start, self.foundation, PotentialTarget(self.foundation), settings,
+                              store=False).frames
         picks = [(c_, s_) for s_ in range(n_steps) for c_ in range(r.n_chains)][:n_configurations]
-        configs = [self._atoms(s["positions"][ci, si], s["cells"][ci, si]) for ci, si in picks]
-        source = np.array([s["energies"][ci, si] for ci, si in picks])
+        configs = [self._atoms(frames, ci, si) for ci, si in picks]
+        source = np.array([frames.target_energies[ci, si] for ci, si in picks])
         self._log(f"relabel: labelling {len(configs)} configurations with the target")
         results = self._label(configs, [ci for ci, _ in picks])
-        from ase.calculators.singlepoint import SinglePointCalculator
-
         for a, res in zip(configs, results):
             a.calc = SinglePointCalculator(a, energy=res.energy_eV, forces=res.forces_eV_A, stress=res.stress_eV_A3)
         target_e = np.array([res.energy_eV for res in results])
         return self._finetune("relabel", configs), configs, (target_e, source)
 
-    def evaluate(self, arm: str, model) -> dict:
+    def evaluate(self, arm: str, model) -> SampledRun:
         """``model`` sampled on its own (its Boltzmann distribution, exactly)."""
         from slhmc_jax.targets import PotentialTarget
 
@@ -458,68 +421,43 @@ class Workflow:
 
     # ---- report
 
-    def report(self, samples: list, arms: dict, relabel_energies, iterations: list) -> Path:
+    def report(self, runs: list, arms: dict, relabel_energies, iterations: list) -> Path:
+        """The run directory's analysis inputs and the report, built in memory and each file written once."""
         from slhmc_jax.analysis import report as rep
-        from slhmc_jax.analysis import run_directory as rd
 
         t0 = time.perf_counter()
-
-        def frameset(s):
-            return rd.FrameSet(s["positions"], s["cells"], s["numbers"], tuple(bool(p) for p in s["pbc"]), s["energies"])
-
-        pooled = samples if self.config.evaluation.reference == "all" else samples[-1:]
-        reference = rd.FrameSet(np.concatenate([s["positions"] for s in pooled], axis=1),
-                                np.concatenate([s["cells"] for s in pooled], axis=1), pooled[0]["numbers"],
-                                tuple(bool(p) for p in pooled[0]["pbc"]),
-                                np.concatenate([s["energies"] for s in pooled], axis=1))
-        last = samples[-1]
-        trace = rd.SamplerTrace(last["energies"], last["accepted"], last["acceptance_probability"],
-                                last["ml_energy_error"], last["move"], int(last["n_target_calls"]))
-        arm_list = []
-        for name, s in arms.items():
-            training = None
-            if name == "relabel" and relabel_energies is not None:
-                training = rd.TrainingEnergies(*relabel_energies)
-            arm_list.append(rd.Arm(name, frameset(s), training))
-        s = self.config.sampler
-        metadata = {
-            "config": str(self.config.source),
-            "iterations": iterations,
-            "dft_calls": {"total": int(len(self.store)), "store_rows": int(len(self.store))},
-            "time_breakdown_s": {k: round(v, 2) for k, v in self.timings.seconds.items()},
-        }
-        run = rd.RunData(reference=reference, arms=tuple(arm_list), sampler=trace, temperature_K=s.temperature_K,
-                         ensemble="nvt" if s.ensemble == "nvt" else "npt", pressure_GPa=s.pressure_GPa, metadata=metadata)
+        metadata = {"config": str(self.config.source), "iterations": iterations,
+                    "dft_calls": {"total": int(len(self.store)), "store_rows": int(len(self.store))},
+                    "time_breakdown_s": {k: round(v, 2) for k, v in self.timings.seconds.items()}}
+        run = run_data(self.config, runs, arms, relabel_energies, metadata)
         rd.write_run_directory(self.dir, run)
         e = self.config.evaluation
-        k = e.k
-        settings = rep.ReportSettings(pairs=tuple(tuple(p) for p in e.pairs), k=k, r_max_A=e.r_max_A, n_bins=e.n_bins,
+        settings = rep.ReportSettings(pairs=tuple(tuple(p) for p in e.pairs), k=e.k, r_max_A=e.r_max_A, n_bins=e.n_bins,
                                       n_bootstrap=e.n_bootstrap, seed=self.config.run.seed)
-        files = rep.write_report(rep.analyze(rd.read_run_directory(self.dir), settings), self.dir)
+        analysis = rep.analyze(run, settings)
+        figures = rep.write_figures(analysis, self.dir / "figures")
         self.timings.add("analysis", time.perf_counter() - t0)
-        # the analysis time is in timings.json; report.json gets the final breakdown too
-        data = json.loads(Path(files.json).read_text())
-        data["time_breakdown_s"] = {k: round(v, 2) for k, v in self.timings.seconds.items()}
-        _write_text(Path(files.json), json.dumps(data, indent=2))
-        return Path(files.json)
+        # report.json gets the final breakdown, the analysis included
+        final = {"time_breakdown_s": {k: round(v, 2) for k, v in self.timings.seconds.items()}}
+        return Path(rep.write_report(analysis, self.dir, figures=figures, extra=final).json)
 
     def run(self) -> Path:
         """All phases (see the module docstring); returns the path of report.json."""
         t_start = time.perf_counter()
-        models, samples, train = self.slhmc_arm()
+        slhmc = self.slhmc_arm()
         iterations = [{"iteration": k, "proposal": "foundation" if k == 0 else f"slhmc_{k}",
-                       "acceptance": float(s["acceptance"]), "target_calls": int(s["n_target_calls"]),
+                       "acceptance": run.acceptance, "target_calls": int(run.trace.target_evaluations),
                        "training_configurations_after": n}
-                      for k, (s, n) in enumerate(zip(samples, self.training_sizes))]
+                      for k, (run, n) in enumerate(zip(slhmc.runs, slhmc.training_sizes))]
         arms, relabel_energies = {}, None
         if "foundation" in self.config.run.arms:
             arms["foundation"] = self.evaluate("foundation", self.foundation)
         if "relabel" in self.config.run.arms:
-            relabel_model, _, relabel_energies = self.relabel_arm(len(train))
+            relabel_model, _, relabel_energies = self.relabel_arm(len(slhmc.training_set))
             arms["relabel"] = self.evaluate("relabel", relabel_model)
         if "slhmc" in self.config.run.arms:
-            arms["slhmc"] = self.evaluate("slhmc", models[-1])
-        path = self.report(samples, arms, relabel_energies, iterations)
+            arms["slhmc"] = self.evaluate("slhmc", slhmc.models[-1])
+        path = self.report(slhmc.runs, arms, relabel_energies, iterations)
         self._log(f"report: {path} ({time.perf_counter() - t_start:.0f} s in this session)")
         return path
 

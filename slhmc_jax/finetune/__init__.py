@@ -7,11 +7,14 @@
     finetune.refit_reference_energies(potential, structures)      # least-squares E0 only
     finetune.predict(potential, structures)                        # batched E, F, stress
 
-Modules (one job each): ``settings`` (FinetuneSettings), ``data`` (read / check / split labels),
+Modules (one job each): ``settings`` (FinetuneSettings: the LossSettings and OptimizerSettings
+field groups and the rest), ``data`` (read / check / split labels),
 ``batching`` (neighbour graphs, static shape buckets, padded batches), ``model`` (energies, forces,
 stress of a batch), ``loss``, ``strategies`` (naive / freeze / LoRA), ``optim`` (the optax chain and
 the weight EMA), ``step`` (the pure jitted train and eval steps), ``reference_energies`` (the E0
-least squares), ``checkpoint``, ``history`` (metrics files and plot), ``trainer`` (the loop).
+least squares), ``context`` (checked data, graphs, buckets and step spec of a run; batched evaluation),
+``evaluation`` (predictions, the E0 refit, replay labels), ``checkpoint``, ``history`` (metrics files
+and plot), ``trainer`` (the loop: a typed run state through ``_resume`` and ``_run_epoch``).
 """
 
 from slhmc_jax import precision  # noqa: F401  (float64 available)
@@ -19,7 +22,8 @@ from slhmc_jax.finetune.data import LabelledStructure, read_structures
 from slhmc_jax.finetune.history import EpochMetrics
 from slhmc_jax.finetune.settings import FinetuneSettings
 from slhmc_jax.finetune.step import StepSpec, make_eval_step, make_train_step
-from slhmc_jax.finetune.trainer import FinetuneResult, Prediction, finetune, predict, refit_reference_energies
+from slhmc_jax.finetune.evaluation import Prediction, predict, refit_reference_energies
+from slhmc_jax.finetune.trainer import FinetuneResult, finetune
 
 __all__ = [
     "EpochMetrics",

@@ -3,7 +3,7 @@
 Why not orbax-checkpoint: a fine-tuning state here is a few MB on one host (trainable leaves,
 optimizer and EMA state, the loop counters, the history). flax.serialization (already a dependency,
 maintained with flax) writes it synchronously into one file, which ``os.replace`` swaps in
-atomically, and restores it bit-exactly into a template pytree; orbax's asynchronous, sharded,
+atomically (:func:`slhmc_jax.files.atomic_write`), and restores it bit-exactly into a template pytree; orbax's asynchronous, sharded,
 directory-per-step machinery is built for multi-host models and adds a dependency, a thread pool and
 a directory layout that this needs none of.
 """
@@ -17,6 +17,8 @@ import jax
 import numpy as np
 from flax import serialization
 
+from slhmc_jax.files import atomic_write
+
 FORMAT = "slhmc_jax.finetune.checkpoint/1"
 FILENAME = "checkpoint.msgpack"
 
@@ -26,12 +28,7 @@ def save(path, state: dict[str, Any]) -> None:
     path = os.fspath(path)
     host = jax.tree.map(lambda x: np.asarray(x) if hasattr(x, "shape") else x, state)
     data = serialization.msgpack_serialize({"format": FORMAT, "state": serialization.to_state_dict(host)})
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, data)
 
 
 def _read(path) -> dict:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
+import io
 import math
 import os
 from typing import Sequence
 
 import numpy as np
+
+from slhmc_jax.files import atomic_open, atomic_write, write_json
 
 SETS = ("train", "valid", "replay")
 QUANTITIES = (("energy", "eV_atom"), ("forces", "eV_A"), ("stress", "eV_A3"))
@@ -79,18 +81,16 @@ def from_jsonable(rows: Sequence[dict]) -> list[EpochMetrics]:
 
 
 def write(history: Sequence[EpochMetrics], output_dir: str, *, plot: bool = True) -> None:
-    """metrics.csv, metrics.json (and learning_curve.png) in ``output_dir``."""
+    """metrics.csv, metrics.json (and learning_curve.png) in ``output_dir``, each written atomically."""
     os.makedirs(output_dir, exist_ok=True)
     fields = [f.name for f in dataclasses.fields(EpochMetrics)]
-    with open(os.path.join(output_dir, "metrics.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        for h in history:
-            w.writerow(h.to_dict())
-    tmp = os.path.join(output_dir, "metrics.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(to_jsonable(history), f, indent=1)
-    os.replace(tmp, os.path.join(output_dir, "metrics.json"))
+    table = io.StringIO(newline="")
+    w = csv.DictWriter(table, fieldnames=fields)
+    w.writeheader()
+    for h in history:
+        w.writerow(h.to_dict())
+    atomic_write(os.path.join(output_dir, "metrics.csv"), table.getvalue().encode())  # bytes: csv's \r\n kept
+    write_json(os.path.join(output_dir, "metrics.json"), to_jsonable(history), indent=1)
     if plot:
         plot_learning_curve(history, os.path.join(output_dir, "learning_curve.png"))
 
@@ -118,5 +118,6 @@ def plot_learning_curve(history: Sequence[EpochMetrics], path: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
     plt.close(fig)

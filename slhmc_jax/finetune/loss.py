@@ -10,12 +10,12 @@ stress-labelled (periodic) graphs s_b (masks, subsets of m_b):
 with rho(x) = x^2 ("mse"; mace-torch's weighted energy-forces(-stress) loss) or the Huber function
 rho(x) = x^2 / 2 for |x| <= delta, delta (|x| - delta / 2) otherwise ("huber"; ``optax.huber_loss``,
 as mace-torch's Huber loss). Units: w_E in 1/(eV/atom)^2, w_F in 1/(eV/A)^2, w_S in 1/(eV/A^3)^2
-(for "mse"; "huber" weights the same way, its terms are linear beyond delta).
+(for "mse"; "huber" weights the same way, its terms are linear beyond delta). The weights, deltas
+and rho are the :class:`~slhmc_jax.finetune.settings.LossSettings` fields of the run's settings.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -24,29 +24,14 @@ import optax
 
 from slhmc_jax.finetune.batching import GraphBatch
 from slhmc_jax.finetune.model import Predictions
+from slhmc_jax.finetune.settings import LossSettings
 
 
-@dataclasses.dataclass(frozen=True)
-class LossConfig:
-    """Weights and shape of the loss (see the module docstring)."""
-
-    kind: str = "mse"
-    energy_weight: float = 1.0
-    forces_weight: float = 100.0
-    stress_weight: float = 0.0
-    huber_delta_energy_eV_atom: float = 0.01
-    huber_delta_forces_eV_A: float = 0.01
-    huber_delta_stress_eV_A3: float = 0.01
-
-    @classmethod
-    def from_settings(cls, s) -> "LossConfig":
-        return cls(s.loss, s.energy_weight, s.forces_weight, s.stress_weight, s.huber_delta_energy_eV_atom,
-                   s.huber_delta_forces_eV_A, s.huber_delta_stress_eV_A3)
-
-    def rho(self, x, delta):
-        if self.kind == "mse":
-            return x * x
-        return optax.huber_loss(x, jnp.zeros_like(x), delta=delta)
+def _rho(config: LossSettings, x, delta):
+    """rho(x) of the module docstring: x^2 ("mse") or the Huber function with ``delta``."""
+    if config.loss == "mse":
+        return x * x
+    return optax.huber_loss(x, jnp.zeros_like(x), delta=delta)
 
 
 class ErrorSums(NamedTuple):
@@ -72,21 +57,21 @@ def _atom_mask(batch: GraphBatch, graph_select) -> jax.Array:
     return jnp.take(ext, batch.atom_graph)
 
 
-def loss(pred: Predictions, batch: GraphBatch, config: LossConfig) -> jax.Array:
+def loss(pred: Predictions, batch: GraphBatch, config: LossSettings) -> jax.Array:
     """The scalar loss L of the module docstring (dimensionless with the weights' units)."""
     dtype = pred.energy.dtype
     m = batch.graph_mask.astype(dtype)
     total = jnp.zeros((), dtype)
     if config.energy_weight:
         de = (pred.energy - batch.energy) / batch.n_atoms
-        total = total + config.energy_weight * jnp.sum(m * config.rho(de, config.huber_delta_energy_eV_atom)) / jnp.maximum(jnp.sum(m), 1.0)
+        total = total + config.energy_weight * jnp.sum(m * _rho(config, de, config.huber_delta_energy_eV_atom)) / jnp.maximum(jnp.sum(m), 1.0)
     if config.forces_weight:
         ma = _atom_mask(batch, m * batch.has_forces.astype(dtype))
-        rf = config.rho(pred.forces - batch.forces, config.huber_delta_forces_eV_A)
+        rf = _rho(config, pred.forces - batch.forces, config.huber_delta_forces_eV_A)
         total = total + config.forces_weight * jnp.sum(ma[:, None] * rf) / jnp.maximum(3.0 * jnp.sum(ma), 1.0)
     if config.stress_weight:
         ms = m * batch.has_stress.astype(dtype)
-        rs = config.rho(pred.stress - batch.stress, config.huber_delta_stress_eV_A3)
+        rs = _rho(config, pred.stress - batch.stress, config.huber_delta_stress_eV_A3)
         total = total + config.stress_weight * jnp.sum(ms[:, None, None] * rs) / jnp.maximum(9.0 * jnp.sum(ms), 1.0)
     return total
 

@@ -117,7 +117,7 @@ class PotentialModel:
 def as_model(potential, max_neighbours: int | None = None):
     """The static model of ``potential``: a GraphModel for FlaxPotentials (edges in ``max_neighbours``
     receiver slots when given and the model prefers the dense format), else a PotentialModel."""
-    from slhmc_jax.models.registry import FlaxPotential
+    from slhmc_jax.models.flax_potential import FlaxPotential
 
     if isinstance(potential, FlaxPotential):
         try:

@@ -24,33 +24,39 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from slhmc_jax.checks import FieldCheck
+from slhmc_jax.finetune.settings import OptimizerSettings
+
 
 @dataclasses.dataclass(frozen=True)
-class OptimizerConfig:
-    """Static optimizer description (see the module docstring)."""
+class OptimizerConfig(OptimizerSettings):
+    """Static optimizer description: the run's :class:`OptimizerSettings` fields and the number of
+    optimizer steps per epoch, from which the schedule's step counts follow (see the module docstring).
 
-    name: str = "adamw"
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    schedule: str = "warmup_cosine"
-    warmup_steps: int = 0
-    total_steps: int = 1
-    final_lr_factor: float = 0.01
-    plateau_factor: float = 0.8
-    plateau_patience_epochs: int = 5
+    Attributes:
+        steps_per_epoch: optimizer updates per epoch (>= 1; the plateau's accumulation size).
+    """
+
     steps_per_epoch: int = 1
-    max_grad_norm: float | None = 10.0
-    ema_decay: float | None = 0.99
+
+    def __post_init__(self):
+        super().__post_init__()
+        FieldCheck(self, label=lambda name: f"OptimizerConfig.{name}").integer("steps_per_epoch", 1)
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer updates of the whole run (>= 1)."""
+        return max(1, self.steps_per_epoch * self.epochs)
+
+    @property
+    def warmup_steps(self) -> int:
+        """Linear warm-up updates: ``warmup_fraction`` of all, rounded."""
+        return int(round(self.warmup_fraction * self.total_steps))
 
     @classmethod
     def from_settings(cls, s, steps_per_epoch: int) -> "OptimizerConfig":
-        total = max(1, steps_per_epoch * s.epochs)
-        return cls(
-            name=s.optimizer, learning_rate=s.learning_rate, weight_decay=s.weight_decay, schedule=s.schedule,
-            warmup_steps=int(round(s.warmup_fraction * total)), total_steps=total, final_lr_factor=s.final_lr_factor,
-            plateau_factor=s.plateau_factor, plateau_patience_epochs=s.plateau_patience_epochs,
-            steps_per_epoch=max(1, steps_per_epoch), max_grad_norm=s.max_grad_norm, ema_decay=s.ema_decay,
-        )
+        """The optimizer fields of ``s`` (a FinetuneSettings) with ``steps_per_epoch`` (at least 1)."""
+        return cls.of(s, steps_per_epoch=max(1, steps_per_epoch))
 
 
 def schedule(config: OptimizerConfig):
@@ -68,7 +74,7 @@ def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformationExtra
     parts = []
     if config.max_grad_norm is not None:
         parts.append(optax.clip_by_global_norm(config.max_grad_norm))
-    parts.append(optax.scale_by_amsgrad() if config.name == "amsgrad" else optax.scale_by_adam())
+    parts.append(optax.scale_by_amsgrad() if config.optimizer == "amsgrad" else optax.scale_by_adam())
     if config.weight_decay:
         parts.append(optax.add_decayed_weights(config.weight_decay, mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)))
     parts.append(optax.scale_by_learning_rate(schedule(config)))

@@ -1,15 +1,24 @@
 """Typed, validated settings of a fine-tuning run (:class:`FinetuneSettings`), one per TOML key.
 
-Every field is checked when the dataclass is built; a bad value raises ``ValueError`` naming the
-field, the value and what is allowed, before any data is read or anything is compiled.
+Every field is checked when the dataclass is built (with :class:`slhmc_jax.checks.FieldCheck`, the
+package's one settings mechanism); a bad value raises ``ValueError`` naming the field, the value and
+what is allowed, before any data is read or anything is compiled.
+
+Each field is declared once. The loss fields form :class:`LossSettings` and the optimizer fields
+:class:`OptimizerSettings`; :class:`FinetuneSettings` inherits both groups and adds data, strategy,
+batching and output fields, so ``FinetuneSettings(epochs=..., forces_weight=..., strategy=...)``
+takes every key flat (as the TOML table does). The loss and the optimizer are given their group
+alone (:meth:`LossSettings.of`, :meth:`slhmc_jax.finetune.optim.OptimizerConfig.from_settings`):
+a static, hashable view, so a change of, say, ``output_dir`` recompiles nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from typing import Any, Mapping
+
+from slhmc_jax.checks import FieldCheck
 
 STRATEGIES = ("naive", "freeze", "lora", "replay")
 FREEZE_TRAINABLE = ("readouts", "readouts+last_interaction")
@@ -21,22 +30,111 @@ REPLAY_LABELS = ("data", "base_model")
 LORA_TARGETS = ("linear_up", "linear", "product_linear", "readout", "radial_mlp")
 DTYPES = ("float32", "float64")
 
+LOSS_WEIGHTS = ("energy_weight", "forces_weight", "stress_weight")
+HUBER_DELTAS = ("huber_delta_energy_eV_atom", "huber_delta_forces_eV_A", "huber_delta_stress_eV_A3")
 
-def _fail(name: str, value, allowed: str):
-    raise ValueError(f"FinetuneSettings.{name} must be {allowed}; got {value!r}")
+
+def _field_check(obj) -> FieldCheck:
+    """Errors name the field as ``<class>.<field>`` (e.g. ``FinetuneSettings.batch_size``)."""
+    return FieldCheck(obj, label=lambda name: f"{type(obj).__name__}.{name}")
+
+
+class _Group:
+    """A field group: its own instance from any object that carries its fields (a view)."""
+
+    @classmethod
+    def of(cls, settings, **extra):
+        """The group's fields read from ``settings`` (e.g. a FinetuneSettings), plus ``extra`` fields."""
+        return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls) if f.name not in extra}, **extra)
 
 
 @dataclasses.dataclass(frozen=True)
-class FinetuneSettings:
-    """How to fine-tune: data split, loss, strategy, optimizer, batching, output.
+class LossSettings(_Group):
+    """The loss (per batch of B structures; see :mod:`slhmc_jax.finetune.loss` for the equation).
 
-    Loss (per batch of B structures; see :mod:`slhmc_jax.finetune.loss` for the equation):
+    Attributes:
+        loss: "mse" or "huber" (optax.huber_loss, 0.5 x^2 inside delta, as torch's huber_loss that
+            mace-torch's Huber and universal losses use).
         energy_weight: weight of the per-atom energy term, 1/(eV/atom)^2.
         forces_weight: weight of the force term, 1/(eV/A)^2 (mace-torch's default 100).
         stress_weight: weight of the stress term, 1/(eV/A^3)^2 (0: stress labels optional).
-        loss: "mse" or "huber" (optax.huber_loss, 0.5 x^2 inside delta, as torch's huber_loss that
-            mace-torch's Huber and universal losses use).
         huber_delta_energy_eV_atom, huber_delta_forces_eV_A, huber_delta_stress_eV_A3: Huber deltas.
+    """
+
+    loss: str = "mse"
+    energy_weight: float = 1.0
+    forces_weight: float = 100.0
+    stress_weight: float = 0.0
+    huber_delta_energy_eV_atom: float = 0.01
+    huber_delta_forces_eV_A: float = 0.01
+    huber_delta_stress_eV_A3: float = 0.01
+
+    def __post_init__(self):
+        self.check_loss_fields(_field_check(self))
+
+    def check_loss_fields(self, check: FieldCheck) -> None:
+        check.choice("loss", LOSSES)
+        for name in LOSS_WEIGHTS:
+            check.number(name, 0.0)
+        check.require(any(getattr(self, name) != 0 for name in LOSS_WEIGHTS), "energy_weight",
+                      "> 0 for at least one of energy_weight, forces_weight, stress_weight")
+        for name in HUBER_DELTAS:
+            check.number(name, 0.0, lo_open=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings(_Group):
+    """The optimizer, its schedule and the weight EMA (see :mod:`slhmc_jax.finetune.optim`).
+
+    Attributes:
+        epochs: passes over the training set.
+        learning_rate: peak learning rate.
+        optimizer: "adamw" (Adam with decoupled weight decay) or "amsgrad".
+        weight_decay: decoupled weight decay (AdamW), per step times the learning rate.
+        schedule: "warmup_cosine", "plateau" (optax.contrib.reduce_on_plateau on the epoch-mean
+            training loss) or "constant".
+        warmup_fraction: warm-up steps as a fraction of all steps (warmup_cosine).
+        final_lr_factor: learning rate at the end of the cosine, as a fraction of the peak.
+        plateau_factor, plateau_patience_epochs: reduce-on-plateau factor and patience.
+        max_grad_norm: global-norm gradient clipping (None: off).
+        ema_decay: decay of the exponential moving average of the weights (None: off); the EMA
+            weights are the ones evaluated, kept and saved (warm-up min(decay, (1+n)/(10+n)) as
+            mace-torch's torch_ema).
+    """
+
+    epochs: int = 50
+    learning_rate: float = 1e-3
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    schedule: str = "warmup_cosine"
+    warmup_fraction: float = 0.05
+    final_lr_factor: float = 0.01
+    plateau_factor: float = 0.8
+    plateau_patience_epochs: int = 5
+    max_grad_norm: float | None = 10.0
+    ema_decay: float | None = 0.99
+
+    def __post_init__(self):
+        self.check_optimizer_fields(_field_check(self))
+
+    def check_optimizer_fields(self, check: FieldCheck) -> None:
+        check.integer("epochs", 1)
+        check.number("learning_rate", 0.0, lo_open=True)
+        check.choice("optimizer", OPTIMIZERS)
+        check.number("weight_decay", 0.0)
+        check.choice("schedule", SCHEDULES)
+        check.number("warmup_fraction", 0.0, 1.0, hi_open=True)
+        check.number("final_lr_factor", 0.0, 1.0)
+        check.number("plateau_factor", 0.0, 1.0, lo_open=True, hi_open=True)
+        check.integer("plateau_patience_epochs", 1)
+        check.number("max_grad_norm", 0.0, lo_open=True, optional=True)
+        check.number("ema_decay", 0.0, 1.0, hi_open=True, optional=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneSettings(LossSettings, OptimizerSettings):
+    """How to fine-tune: the optimizer (:class:`OptimizerSettings`: epochs, learning_rate, ...),
+    the loss (:class:`LossSettings`: loss, energy_weight, ...), and:
 
     Strategy:
         strategy: "naive" (every trainable weight), "freeze" (only ``freeze_trainable``),
@@ -50,21 +148,8 @@ class FinetuneSettings:
             or "base_model" (pseudo-labels from the frozen base model after the E0 refit).
         refit_e0: refit the per-element reference energies by least squares before training.
 
-    Optimisation:
-        epochs: passes over the training set.
+    Data and stopping:
         batch_size: structures per optimizer step.
-        learning_rate: peak learning rate.
-        optimizer: "adamw" (Adam with decoupled weight decay) or "amsgrad".
-        weight_decay: decoupled weight decay (AdamW), per step times the learning rate.
-        schedule: "warmup_cosine", "plateau" (optax.contrib.reduce_on_plateau on the epoch-mean
-            training loss) or "constant".
-        warmup_fraction: warm-up steps as a fraction of all steps (warmup_cosine).
-        final_lr_factor: learning rate at the end of the cosine, as a fraction of the peak.
-        plateau_factor, plateau_patience_epochs: reduce-on-plateau factor and patience.
-        max_grad_norm: global-norm gradient clipping (None: off).
-        ema_decay: decay of the exponential moving average of the weights (None: off); the EMA
-            weights are the ones evaluated, kept and saved (warm-up min(decay, (1+n)/(10+n)) as
-            mace-torch's torch_ema).
         valid_fraction: fraction of ``train`` held out for validation when ``valid`` is not given,
             in (0, 1).
         early_stopping_patience: epochs without a better validation loss before stopping (None: off).
@@ -94,25 +179,7 @@ class FinetuneSettings:
         plot: write the PNG learning curve (matplotlib) when ``output_dir`` is set.
     """
 
-    epochs: int = 50
     batch_size: int = 4
-    learning_rate: float = 1e-3
-    optimizer: str = "adamw"
-    weight_decay: float = 0.0
-    schedule: str = "warmup_cosine"
-    warmup_fraction: float = 0.05
-    final_lr_factor: float = 0.01
-    plateau_factor: float = 0.8
-    plateau_patience_epochs: int = 5
-    max_grad_norm: float | None = 10.0
-    ema_decay: float | None = 0.99
-    loss: str = "mse"
-    energy_weight: float = 1.0
-    forces_weight: float = 100.0
-    stress_weight: float = 0.0
-    huber_delta_energy_eV_atom: float = 0.01
-    huber_delta_forces_eV_A: float = 0.01
-    huber_delta_stress_eV_A3: float = 0.01
     strategy: str = "naive"
     freeze_trainable: str = "readouts"
     lora_rank: int = 4
@@ -137,97 +204,55 @@ class FinetuneSettings:
     plot: bool = True
 
     def __post_init__(self):
-        def integer(name, minimum, optional=False):
-            v = getattr(self, name)
-            if optional and v is None:
-                return
-            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-                _fail(name, v, f"an integer >= {minimum}" + (" or None" if optional else ""))
+        check = _field_check(self)
+        self.check_optimizer_fields(check)
+        check.integer("batch_size", 1)
+        self.check_loss_fields(check)
+        self._check_strategy(check)
+        check.flag("refit_e0")
+        check.number("valid_fraction", 0.0, 1.0, lo_open=True, hi_open=True)
+        check.integer("early_stopping_patience", 1, optional=True)
+        check.flag("restore_best")
+        check.integer("seed", 0)
+        check.integer("n_buckets", 1)
+        check.choice("batch_layout", LAYOUTS)
+        check.flag("edge_slots")
+        check.choice("dtype", DTYPES, optional=True)
+        self._check_output(check)
 
-        def number(name, lo=None, hi=None, lo_open=False, hi_open=False, optional=False):
-            v = getattr(self, name)
-            if optional and v is None:
-                return
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            if ok and lo is not None:
-                ok = v > lo if lo_open else v >= lo
-            if ok and hi is not None:
-                ok = v < hi if hi_open else v <= hi
-            if not ok:
-                lb = "" if lo is None else ("(" if lo_open else "[") + f"{lo}"
-                ub = "" if hi is None else f"{hi}" + (")" if hi_open else "]")
-                rng = f"in {lb}, {ub}" if lo is not None and hi is not None else (f">{'' if lo_open else '='} {lo}" if lo is not None else "")
-                _fail(name, v, f"a finite number {rng}".rstrip() + (" or None" if optional else ""))
-            if v is not None:
-                object.__setattr__(self, name, float(v))
-
-        def choice(name, allowed, optional=False):
-            v = getattr(self, name)
-            if optional and v is None:
-                return
-            if v not in allowed:
-                _fail(name, v, f"one of {allowed}" + (" or None" if optional else ""))
-
-        def flag(name):
-            if not isinstance(getattr(self, name), bool):
-                _fail(name, getattr(self, name), "True or False")
-
-        integer("epochs", 1)
-        integer("batch_size", 1)
-        number("learning_rate", 0.0, lo_open=True)
-        choice("optimizer", OPTIMIZERS)
-        number("weight_decay", 0.0)
-        choice("schedule", SCHEDULES)
-        number("warmup_fraction", 0.0, 1.0, hi_open=True)
-        number("final_lr_factor", 0.0, 1.0)
-        number("plateau_factor", 0.0, 1.0, lo_open=True, hi_open=True)
-        integer("plateau_patience_epochs", 1)
-        number("max_grad_norm", 0.0, lo_open=True, optional=True)
-        number("ema_decay", 0.0, 1.0, hi_open=True, optional=True)
-        choice("loss", LOSSES)
-        for name in ("energy_weight", "forces_weight", "stress_weight"):
-            number(name, 0.0)
-        if self.energy_weight == 0 and self.forces_weight == 0 and self.stress_weight == 0:
-            _fail("energy_weight", self.energy_weight, "> 0 for at least one of energy_weight, forces_weight, stress_weight")
-        for name in ("huber_delta_energy_eV_atom", "huber_delta_forces_eV_A", "huber_delta_stress_eV_A3"):
-            number(name, 0.0, lo_open=True)
-        choice("strategy", STRATEGIES)
-        choice("freeze_trainable", FREEZE_TRAINABLE)
-        integer("lora_rank", 1)
-        number("lora_alpha", 0.0, lo_open=True)
+    def _check_strategy(self, check: FieldCheck) -> None:
+        check.choice("strategy", STRATEGIES)
+        check.choice("freeze_trainable", FREEZE_TRAINABLE)
+        check.integer("lora_rank", 1)
+        check.number("lora_alpha", 0.0, lo_open=True)
         targets = self.lora_targets
-        if isinstance(targets, str) or not isinstance(targets, (tuple, list)) or not targets or any(t not in LORA_TARGETS for t in targets):
-            _fail("lora_targets", targets, f"a non-empty list drawn from {LORA_TARGETS}")
+        check.require(not isinstance(targets, str) and isinstance(targets, (tuple, list)) and bool(targets)
+                      and all(t in LORA_TARGETS for t in targets), "lora_targets",
+                      f"a non-empty list drawn from {LORA_TARGETS}")
         object.__setattr__(self, "lora_targets", tuple(targets))
-        number("replay_fraction", 0.0, 1.0, hi_open=True)
-        if self.strategy == "replay" and self.replay_fraction == 0:
-            _fail("replay_fraction", self.replay_fraction, "in (0, 1) with strategy='replay'")
-        if self.replay_fraction > 0 and round(self.replay_fraction * self.batch_size) < 1:
-            _fail("replay_fraction", self.replay_fraction,
-                  f"large enough that replay_fraction * batch_size ({self.batch_size}) rounds to >= 1 structure")
-        if self.replay_fraction > 0 and round(self.replay_fraction * self.batch_size) >= self.batch_size:
-            _fail("replay_fraction", self.replay_fraction, f"small enough to leave >= 1 training structure per batch of {self.batch_size}")
-        choice("replay_labels", REPLAY_LABELS)
-        flag("refit_e0")
-        number("valid_fraction", 0.0, 1.0, lo_open=True, hi_open=True)
-        integer("early_stopping_patience", 1, optional=True)
-        flag("restore_best")
-        integer("seed", 0)
-        integer("n_buckets", 1)
-        choice("batch_layout", LAYOUTS)
-        flag("edge_slots")
-        choice("dtype", DTYPES, optional=True)
+        check.number("replay_fraction", 0.0, 1.0, hi_open=True)
+        check.require(self.strategy != "replay" or self.replay_fraction > 0, "replay_fraction",
+                      "in (0, 1) with strategy='replay'")
+        n_replay = round(self.replay_fraction * self.batch_size)  # replay structures per batch
+        if self.replay_fraction > 0:
+            check.require(n_replay >= 1, "replay_fraction",
+                          f"large enough that replay_fraction * batch_size ({self.batch_size}) rounds to >= 1 structure")
+            check.require(n_replay < self.batch_size, "replay_fraction",
+                          f"small enough to leave >= 1 training structure per batch of {self.batch_size}")
+        check.choice("replay_labels", REPLAY_LABELS)
+
+    def _check_output(self, check: FieldCheck) -> None:
         if self.output_dir is not None:
-            if not isinstance(self.output_dir, (str, os.PathLike)) or not str(self.output_dir):
-                _fail("output_dir", self.output_dir, "a directory path or None")
+            check.require(isinstance(self.output_dir, (str, os.PathLike)) and bool(str(self.output_dir)),
+                          "output_dir", "a directory path or None")
             object.__setattr__(self, "output_dir", os.fspath(self.output_dir))
-        integer("checkpoint_every_steps", 1, optional=True)
-        flag("resume")
-        if self.resume and self.output_dir is None:
-            _fail("resume", self.resume, "False unless output_dir is set (the checkpoint lives there)")
-        integer("max_steps", 1, optional=True)
-        flag("progress")
-        flag("plot")
+        check.integer("checkpoint_every_steps", 1, optional=True)
+        check.flag("resume")
+        check.require(not self.resume or self.output_dir is not None, "resume",
+                      "False unless output_dir is set (the checkpoint lives there)")
+        check.integer("max_steps", 1, optional=True)
+        check.flag("progress")
+        check.flag("plot")
 
     # ------------------------------------------------------------------------------------
     # mapping / TOML

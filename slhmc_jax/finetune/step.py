@@ -42,7 +42,7 @@ class StepSpec:
 
     model: Any
     split: strategies.ParamSplit
-    loss: loss_mod.LossConfig
+    loss: loss_mod.LossSettings
     optimizer: optim.OptimizerConfig
     layout: str = "flat"
     compute_stress: bool = False
@@ -92,7 +92,7 @@ class EvalSpec:
     """What an evaluation depends on (not the split or the optimizer: one compiled eval serves every strategy)."""
 
     model: Any
-    loss: loss_mod.LossConfig
+    loss: loss_mod.LossSettings
     layout: str = "flat"
     compute_stress: bool = False
 

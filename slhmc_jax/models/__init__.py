@@ -1,7 +1,8 @@
 """Interatomic potentials: the Potential protocol and the model registry."""
 
 from slhmc_jax.models.base import FunctionPotential, Potential
-from slhmc_jax.models.registry import FlaxPotential, SpeciesTable, available, build, from_flax_module, register
+from slhmc_jax.models.flax_potential import FlaxPotential, SpeciesTable, from_flax_module
+from slhmc_jax.models.registry import available, build, register
 
 __all__ = ["Potential", "FunctionPotential", "FlaxPotential", "SpeciesTable", "available", "build", "from_flax_module",
            "register", "load"]

@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from slhmc_jax.models.registry import FlaxPotential, from_flax_module
+from slhmc_jax.models.flax_potential import FlaxPotential, from_flax_module
 
 __all__ = ["NequIP", "build"]
 

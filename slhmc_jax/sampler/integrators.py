@@ -1,7 +1,7 @@
 """Velocity Verlet with ML forces in one compiled loop, and Maxwell-Boltzmann momenta.
 
-Units: positions Angstrom, masses amu, energies eV, time in ASE units internally
-(``dt = timestep_fs * ase.units.fs``), so momenta p are amu * A / (ASE time) and the kinetic
+Units (:mod:`slhmc_jax.units`): positions Angstrom, masses amu, energies eV, time in ASE units
+internally (``dt = timestep_fs * FS``), so momenta p are amu * A / (ASE time) and the kinetic
 energy K = sum_i |p_i|^2 / (2 m_i) is in eV.
 
 Two entry points:
@@ -21,15 +21,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import ase.units
 import jax
 import jax.numpy as jnp
 
 from slhmc_jax import neighbours as nb
 from slhmc_jax.calculator import energy_and_forces
-
-FS = ase.units.fs
-KB_EV_PER_K = ase.units.kB
+from slhmc_jax.units import FS, KB_EV_PER_K
 
 
 class Trajectory(NamedTuple):

@@ -65,9 +65,9 @@ import jax
 import jax.numpy as jnp
 
 from slhmc_jax import neighbours as nb
-from slhmc_jax.sampler.integrators import KB_EV_PER_K, kinetic_energy, maxwell_boltzmann, velocity_verlet_batch
+from slhmc_jax.sampler.integrators import kinetic_energy, maxwell_boltzmann, velocity_verlet_batch
+from slhmc_jax.units import EV_PER_A3_IN_GPA, KB_EV_PER_K
 
-EV_PER_A3_IN_GPA = 160.21766208
 DIVERGENCE_KT = 1000.0  # |dH_ML| above this many kT marks a divergent trajectory
 
 

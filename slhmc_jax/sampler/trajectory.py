@@ -105,21 +105,38 @@ class Trajectory:
         return Trajectory(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Trajectory)})
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the trajectory as one ``.npz`` (atomically; absent optional arrays are left out)."""
-        arrays = {f.name: getattr(self, f.name) for f in dataclasses.fields(Trajectory)
-                  if getattr(self, f.name) is not None}
-        if "store_keys" in arrays:
-            arrays["store_keys"] = arrays["store_keys"].astype("U")  # fixed-width unicode, not objects
+        """Write the trajectory as one ``.npz`` (atomically; absent optional arrays are left out).
+
+        A subclass's own array and number fields (an MD run's forces, a run's costs) go into the same
+        file; fields that are neither (a SampleResult's diagnostics object) are not part of the file.
+        """
+        arrays = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if f.name == "store_keys":
+                arrays[f.name] = np.asarray(value).astype("U")  # fixed-width unicode, not pickled objects
+                continue
+            value = np.asarray(value)
+            if value.dtype != object:
+                arrays[f.name] = value
         return write_npz(path, **arrays)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Trajectory":
-        """A trajectory written by :meth:`save` (no pickle: object arrays are refused)."""
+    def load(cls, path: str | os.PathLike):
+        """A ``cls`` from a file :meth:`save` wrote (no pickle: object arrays are refused); entries that
+        are not fields of ``cls`` are ignored, so ``Trajectory.load`` reads any subclass's file."""
+        names = {f.name for f in dataclasses.fields(cls)}
         with np.load(path, allow_pickle=False) as data:
             missing = [n for n in ("positions", "cells", "atomic_numbers", "pbc") if n not in data.files]
             if missing:
                 raise ValueError(f"{path} is not a trajectory file: it lacks {missing}")
-            return Trajectory(**{f.name: data[f.name] for f in dataclasses.fields(Trajectory) if f.name in data.files})
+            kw = {n: (data[n].item() if data[n].ndim == 0 else data[n]) for n in data.files if n in names}
+        try:
+            return cls(**kw)
+        except TypeError as err:  # a required field of the subclass is not in the file
+            raise ValueError(f"{path} is not a {cls.__name__} file: {err}") from None
 
     def select(self, chains=slice(None), frames=slice(None)) -> "Trajectory":
         """The sub-trajectory of some chains and frames (numpy indexing on the two leading axes)."""

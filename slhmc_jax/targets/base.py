@@ -4,8 +4,9 @@ A target takes a batch of configurations (``ase.Atoms``) and returns their energ
 ``evaluate`` returns the full results (energy, forces, stress where the method has them).
 Impure and slow by nature (DFT); it lives at the edge of the package.
 
-Three kinds of object are accepted wherever a target is (:func:`as_target` turns each into a
-:class:`Target`, so retries, the label store and the failure policy treat them alike):
+Three kinds of object are accepted wherever a target is
+(:func:`slhmc_jax.targets.stack.as_target` turns each into a :class:`Target`, so retries, the
+label store and the failure policy treat them alike):
 
 - a :class:`Target` (``PySCFTarget``, ``ASETarget``, ``DispatchedTarget``, or your own);
 - any ASE calculator (EMT, VASP, CP2K, GPAW, ...), as an :class:`~slhmc_jax.targets.ASETarget`;
@@ -18,13 +19,17 @@ occupied orbitals of the chain's previous configuration) and ``warm'`` the state
 Whoever runs a batch keeps those states in a :class:`WarmStarts`, keyed by chain, so a
 configuration's result never depends on which other chains were in its batch or in what order
 they ran.
+
+Optional capabilities (forces, stress, warm starts, streaming, single evaluations, a species table,
+a periodicity) are read in one place, :func:`capabilities`, as a typed :class:`Capabilities`;
+everything else (the label store, dispatch, the sampler's checks) asks it.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -64,6 +69,12 @@ class TargetEvaluationError(RuntimeError):
 class Target(Protocol):
     """A batch judge: energies (eV) and full results of lists of ase.Atoms.
 
+    Optional, read only through :func:`capabilities`: ``evaluate_streaming(atoms_list, chains)``
+    yielding (j, TargetResult) as each finishes; ``evaluate_one(atoms, warm)`` (see
+    :class:`SingleEvaluationTarget`); ``compute_stress``; ``warm_start``; ``with_forces()``;
+    ``atomic_numbers`` (a species table); ``periodic``; or a ``capabilities`` attribute holding
+    a :class:`Capabilities` that declares all of them at once.
+
     Attributes:
         compute_forces: whether results carry forces.
     """
@@ -80,6 +91,60 @@ class Target(Protocol):
         ...
 
     def __call__(self, atoms_list: Sequence[Any]) -> np.ndarray: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What a target declares it can do beyond ``settings`` / ``evaluate`` / ``__call__``.
+
+    Attributes:
+        forces: results carry forces (eV/A).
+        stress: results of fully periodic cells carry stress (eV/A^3).
+        warm_starts: a chain's configuration starts from the state its previous one left
+            (``evaluate_one``'s ``warm`` argument, kept per chain by whoever runs the batch).
+        streaming: ``evaluate_streaming`` yields results as they finish.
+        single_evaluations: ``evaluate_one(atoms, warm) -> (TargetResult, warm')`` exists, so a
+            batch can be split into one task per configuration (:mod:`slhmc_jax.targets.dispatch`).
+        forces_on_request: ``with_forces()`` gives a version computing forces (True when
+            ``forces`` already is).
+        species: the atomic numbers it can evaluate, or None: any element.
+        periodic: True, fully periodic cells only; False, molecules only; None, it follows each
+            configuration's pbc.
+    """
+
+    forces: bool = False
+    stress: bool = False
+    warm_starts: bool = False
+    streaming: bool = False
+    single_evaluations: bool = False
+    forces_on_request: bool = False
+    species: tuple[int, ...] | None = None
+    periodic: bool | None = None
+
+
+def capabilities(target) -> Capabilities:
+    """The :class:`Capabilities` of ``target``: the one place optional capabilities are read.
+
+    A ``capabilities`` attribute holding a :class:`Capabilities` (every wrapper of
+    :mod:`slhmc_jax.targets.stack` has one) is taken as it is; otherwise they are read from the
+    duck-typed attributes ``compute_forces``, ``compute_stress``, ``warm_start`` (default True
+    where ``evaluate_one`` exists), ``evaluate_streaming``, ``evaluate_one``, ``with_forces``,
+    ``atomic_numbers`` and ``periodic``.
+    """
+    declared = getattr(target, "capabilities", None)
+    if isinstance(declared, Capabilities):
+        return declared
+    forces = bool(getattr(target, "compute_forces", False))
+    single = callable(getattr(target, "evaluate_one", None))
+    species = getattr(target, "atomic_numbers", None)
+    periodic = getattr(target, "periodic", None)
+    return Capabilities(
+        forces=forces, stress=bool(getattr(target, "compute_stress", False)),
+        warm_starts=single and bool(getattr(target, "warm_start", True)),
+        streaming=callable(getattr(target, "evaluate_streaming", None)), single_evaluations=single,
+        forces_on_request=forces or callable(getattr(target, "with_forces", None)),
+        species=None if species is None else tuple(int(z) for z in species),
+        periodic=None if periodic is None else bool(periodic))
 
 
 class WarmStarts:
@@ -116,7 +181,40 @@ def default_chains(atoms_list: Sequence[Any], chains: Sequence[int] | None) -> l
     return chains
 
 
-class SingleEvaluationTarget:
+def collect(pairs: Iterable[tuple[int, TargetResult]], n: int) -> list[TargetResult]:
+    """The results of (j, result) pairs (any order) as a list in input order, for a batch of ``n``."""
+    results: list[TargetResult | None] = [None] * n
+    for j, r in pairs:
+        results[j] = r
+    return results  # type: ignore[return-value]
+
+
+def energies_eV(results: Sequence[TargetResult]) -> np.ndarray:
+    """(n,) float64 energies in eV of a list of results."""
+    return np.array([r.energy_eV for r in results], dtype=np.float64)
+
+
+class StreamingTarget:
+    """A Target whose ``evaluate`` and ``__call__`` are its ``evaluate_streaming``, collected.
+
+    Subclasses define ``evaluate_streaming(atoms_list, chains) -> Iterator[(j, TargetResult)]``
+    and ``settings()``.
+    """
+
+    def evaluate_streaming(self, atoms_list: Sequence[Any], chains: Sequence[int] | None = None
+                           ) -> Iterator[tuple[int, TargetResult]]:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+    def evaluate(self, atoms_list: Sequence[Any], chains: Sequence[int] | None = None) -> list[TargetResult]:
+        """Results in input order (see :meth:`Target.evaluate`)."""
+        return collect(self.evaluate_streaming(atoms_list, chains), len(atoms_list))
+
+    def __call__(self, atoms_list: Sequence[Any]) -> np.ndarray:
+        """(n,) energies in eV."""
+        return energies_eV(self.evaluate(atoms_list))
+
+
+class SingleEvaluationTarget(StreamingTarget):
     """A Target made of single evaluations ``evaluate_one(atoms, warm) -> (TargetResult, warm')``.
 
     Batches run one configuration after the other in this process, warm-started per chain
@@ -150,18 +248,20 @@ class SingleEvaluationTarget:
             self.warm_starts.put(chain, atoms, state)
             yield j, result
 
-    def evaluate(self, atoms_list: Sequence[Any], chains: Sequence[int] | None = None) -> list[TargetResult]:
-        return [r for _, r in self.evaluate_streaming(atoms_list, chains)]
-
-    def __call__(self, atoms_list: Sequence[Any]) -> np.ndarray:
-        return np.array([r.energy_eV for r in self.evaluate(atoms_list)], dtype=np.float64)
+    def _copy(self, compute_forces: bool):
+        # a copy shares nothing mutable with its original: its warm-start states start empty
+        other = copy.copy(self)
+        other.__dict__.pop("_warm_starts", None)
+        other.compute_forces = compute_forces
+        return other
 
     def with_forces(self):
         """A copy of this target that also computes forces (its own, empty warm-start states)."""
-        other = copy.copy(self)
-        other.__dict__.pop("_warm_starts", None)
-        other.compute_forces = True
-        return other
+        return self._copy(compute_forces=True)
+
+    def without_forces(self):
+        """A copy of this target that computes energies only (its own, empty warm-start states)."""
+        return self._copy(compute_forces=False)
 
 
 class CallableTarget(SingleEvaluationTarget):
@@ -214,44 +314,24 @@ class CallableTarget(SingleEvaluationTarget):
 def stream(target: Target, atoms_list: Sequence[Any], chains: Sequence[int] | None = None
            ) -> Iterator[tuple[int, TargetResult]]:
     """(j, result) pairs of a batch, as they finish where the target streams, else in order."""
-    if hasattr(target, "evaluate_streaming"):
+    if capabilities(target).streaming:
         yield from target.evaluate_streaming(atoms_list, chains)
     else:
         yield from enumerate(target.evaluate(atoms_list, chains))
 
 
-def is_ase_calculator(obj) -> bool:
-    return hasattr(obj, "get_potential_energy") and hasattr(obj, "calculate")
-
-
-def as_target(obj) -> Target:
-    """A :class:`Target`, an ASE calculator or a callable on a list of Atoms, as a Target."""
-    if isinstance(obj, Target):
-        return obj
-    if is_ase_calculator(obj):
-        from slhmc_jax.targets.ase_target import ASETarget
-
-        return ASETarget(obj, compute_forces=False)
-    if callable(obj):
-        return CallableTarget(obj)
-    raise TypeError(f"target must be a slhmc_jax Target, an ASE calculator or a callable on a list of Atoms; "
-                    f"got {type(obj).__name__}")
-
-
 def declared_species(target) -> tuple[int, ...] | None:
-    """The atomic numbers a target declares it can evaluate (an optional ``atomic_numbers``
-    attribute, e.g. :class:`PotentialTarget`'s species table), or None: any element."""
-    z = getattr(target, "atomic_numbers", None)
-    return None if z is None else tuple(int(v) for v in z)
+    """The atomic numbers a target declares it can evaluate (``capabilities(target).species``,
+    e.g. :class:`PotentialTarget`'s species table), or None: any element."""
+    return capabilities(target).species
 
 
 def declared_periodic(target) -> bool | None:
-    """What a target declares about periodicity (an optional ``periodic`` attribute): True, it
+    """What a target declares about periodicity (``capabilities(target).periodic``): True, it
     evaluates fully periodic cells only; False, molecules (no periodic direction) only; None, it
     follows each configuration's pbc (PySCFTarget without periodic-only settings, ASE calculators,
     plain functions)."""
-    p = getattr(target, "periodic", None)
-    return None if p is None else bool(p)
+    return capabilities(target).periodic
 
 
 def check_evaluable(target, atoms, role: str = "target") -> None:
@@ -259,14 +339,15 @@ def check_evaluable(target, atoms, role: str = "target") -> None:
     ``atoms`` (what it cannot say is found by its first evaluation instead)."""
     from ase.data import chemical_symbols
 
-    table = declared_species(target)
+    declared = capabilities(target)
+    table = declared.species
     if table is not None:
         missing = sorted({int(z) for z in atoms.numbers} - set(table))
         if missing:
             raise ValueError(f"the {role} cannot evaluate this system: element(s) "
                              f"{[chemical_symbols[z] for z in missing]} are not in its species table "
                              f"{[chemical_symbols[z] for z in table]}")
-    periodic = declared_periodic(target)
+    periodic = declared.periodic
     pbc = [bool(v) for v in atoms.pbc]
     if periodic is not None and periodic != all(pbc) or (periodic is False and any(pbc)):
         raise ValueError(f"the {role} evaluates {'periodic cells' if periodic else 'molecules'} only; "
@@ -275,9 +356,10 @@ def check_evaluable(target, atoms, role: str = "target") -> None:
 
 def with_forces(target: Target) -> Target:
     """``target`` computing forces too (itself if it already does)."""
-    if getattr(target, "compute_forces", False):
+    declared = capabilities(target)
+    if declared.forces:
         return target
-    make = getattr(target, "with_forces", None)
-    if make is None:
+    if not declared.forces_on_request:
         raise ValueError(f"{type(target).__name__} cannot be asked for forces (no with_forces method)")
-    return make()
+    return target.with_forces()
+

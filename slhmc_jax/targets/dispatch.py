@@ -32,10 +32,9 @@ import multiprocessing
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Sequence
 
-import numpy as np
-
-from slhmc_jax.targets.base import TargetEvaluationError, WarmStarts, default_chains
+from slhmc_jax.targets.base import TargetEvaluationError, WarmStarts, capabilities, default_chains
 from slhmc_jax.targets.pyscf_target import gpu_available
+from slhmc_jax.targets.stack import TargetWrapper
 
 __all__ = ["DispatchedTarget", "dask_executor", "gpu_available"]
 
@@ -70,7 +69,7 @@ def _is_dask(executor) -> bool:
     return type(executor).__module__.startswith("distributed")
 
 
-class DispatchedTarget:
+class DispatchedTarget(TargetWrapper):
     """Target that farms out each configuration of a batch to an executor.
 
     Args:
@@ -88,37 +87,33 @@ class DispatchedTarget:
 
     def __init__(self, target, executor=None, max_workers: int | None = None, threads_per_task: int | None = 1,
                  max_resubmits: int = 3):
-        self.target = target
+        super().__init__(target)
+        if not capabilities(self.target).single_evaluations:
+            raise TypeError(f"DispatchedTarget needs a target with evaluate_one(atoms, warm) (PySCFTarget, ASETarget); "
+                            f"got {type(self.target).__name__}")
         self._own = executor is None
         self._max_workers = max_workers
         self.executor = executor if executor is not None else self._new_pool()
         self.threads_per_task = threads_per_task
         self.max_resubmits = max_resubmits
-        self.warm_start = getattr(target, "warm_start", True)
         self.resubmitted = 0
         self.warm_starts = WarmStarts()
 
     def _new_pool(self):
         return cf.ProcessPoolExecutor(self._max_workers, mp_context=multiprocessing.get_context("spawn"))
 
-    def settings(self) -> dict:
-        return self.target.settings()
-
     @property
-    def compute_forces(self) -> bool:
-        return bool(getattr(self.target, "compute_forces", False))
+    def warm_start(self) -> bool:
+        """Whether tasks carry their chain's warm-start state (the inner target's ``warm_starts`` capability)."""
+        return capabilities(self.target).warm_starts
 
-    def with_forces(self) -> "DispatchedTarget":
-        """The same dispatch (same executor, not owned by the copy) of ``target.with_forces()``."""
+    def rewrap(self, inner) -> "DispatchedTarget":
+        """The same dispatch (same executor, not owned by the copy) of ``inner``, with its own warm starts."""
         other = copy.copy(self)
-        other.target = self.target.with_forces()
+        other.target = inner
         other.warm_starts = WarmStarts()
         other._own = False
         return other
-
-    @property
-    def compute_stress(self) -> bool:
-        return bool(getattr(self.target, "compute_stress", False))
 
     def _submit(self, atoms, warm):
         args = (_run_task, self.target, atoms, warm, self.threads_per_task)
@@ -180,15 +175,6 @@ class DispatchedTarget:
                 continue  # finished before the crash: keep its result
             del futs[f]
             resubmit(j, err)
-
-    def evaluate(self, atoms_list: Sequence[Any], chains: Sequence[int] | None = None):
-        out = [None] * len(atoms_list)
-        for j, r in self.evaluate_streaming(atoms_list, chains):
-            out[j] = r
-        return out
-
-    def __call__(self, atoms_list: Sequence[Any]) -> np.ndarray:
-        return np.array([r.energy_eV for r in self.evaluate(atoms_list)], dtype=np.float64)
 
     def close(self):
         """Shut down the executor if this object created it."""

@@ -28,7 +28,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from slhmc_jax.targets.store import CachedTarget, LabelStore
-from slhmc_jax.targets.base import TargetEvaluationError, as_target, with_forces
+from slhmc_jax.targets.base import TargetEvaluationError, with_forces
+from slhmc_jax.targets.stack import as_target
 
 FAILURE_POLICIES = ("raise", "reject")
 LABELS = ("energy", "forces")
@@ -36,24 +37,32 @@ LABELS = ("energy", "forces")
 
 @dataclasses.dataclass(frozen=True)
 class Judgement:
-    """Target energies of one batch.
+    """Target energies of one batch, and what the batch cost.
 
     Attributes:
         energies_eV: (n,) float64; +inf where the evaluation failed (``on_failure="reject"``).
         keys: (n,) label-store keys of the configurations (str).
         failed: (n,) bool.
+        target_evaluations: configurations the target evaluated for this batch (store hits and
+            failed attempts not counted).
+        store_hits: configurations answered from the label store.
+        wall_s, cpu_s: seconds the batch took (see :class:`Judge`).
     """
 
     energies_eV: np.ndarray
     keys: np.ndarray
     failed: np.ndarray
+    target_evaluations: int = 0
+    store_hits: int = 0
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
 
 
 class Judge:
     """Batched target evaluation for the sampler.
 
     Args:
-        target: anything :func:`slhmc_jax.targets.as_target` accepts.
+        target: anything :func:`slhmc_jax.targets.stack.as_target` accepts.
         store: a LabelStore, its path, or None (no persistence).
         labels: "energy" (what the target computes by default) or "forces" (ask the target for
             forces too at every evaluation, so every stored row is a full training label).
@@ -61,6 +70,7 @@ class Judge:
         on_failure: "raise" or "reject" (see the module docstring).
 
     Attributes:
+        target_evaluations, store_hits: see :class:`Judgement` (so far, this process).
         n_failed: configurations given up on (rejected) so far.
         wall_s: wall-clock seconds spent in batches (``time.perf_counter``; store look-ups,
             retries and waiting for dispatched workers included), this process.
@@ -94,13 +104,14 @@ class Judge:
         return self.cached.store
 
     @property
-    def n_target_calls(self) -> int:
+    def target_evaluations(self) -> int:
         """Configurations the target evaluated (store hits and failed attempts not counted)."""
-        return self.cached.n_evaluated
+        return self.cached.target_evaluations
 
     @property
-    def n_from_store(self) -> int:
-        return self.cached.n_from_store
+    def store_hits(self) -> int:
+        """Configurations answered from the label store."""
+        return self.cached.store_hits
 
     def keys(self, atoms_list: Sequence[Any]) -> np.ndarray:
         return np.array([self.cached.key(a) for a in atoms_list])
@@ -108,13 +119,19 @@ class Judge:
     def __call__(self, atoms_list: Sequence[Any], chains: Sequence[int]) -> Judgement:
         """Energies (eV) of ``atoms_list``; ``chains[j]`` is the chain of configuration j."""
         wall, cpu = time.perf_counter(), time.process_time()
+        evaluations, hits = self.target_evaluations, self.store_hits
         try:
-            return self._judge(atoms_list, chains)
+            energies, failed = self._judge(atoms_list, chains)
+            keys = self.keys(atoms_list)
         finally:
-            self.wall_s += time.perf_counter() - wall
-            self.cpu_s += time.process_time() - cpu
+            wall_s, cpu_s = time.perf_counter() - wall, time.process_time() - cpu
+            self.wall_s += wall_s
+            self.cpu_s += cpu_s
+        return Judgement(energies, keys, failed, target_evaluations=self.target_evaluations - evaluations,
+                         store_hits=self.store_hits - hits, wall_s=wall_s, cpu_s=cpu_s)
 
-    def _judge(self, atoms_list: Sequence[Any], chains: Sequence[int]) -> Judgement:
+    def _judge(self, atoms_list: Sequence[Any], chains: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(energies_eV (n,), failed (n,) bool) under the retry and failure policy."""
         n = len(atoms_list)
         energies = np.full(n, np.inf)
         done = np.zeros(n, bool)
@@ -140,4 +157,4 @@ class Judge:
                             raise
                         failed[culprit] = True
                         self.n_failed += 1
-        return Judgement(energies, self.keys(atoms_list), failed)
+        return energies, failed

@@ -16,7 +16,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from slhmc_jax import neighbours as nb
 from slhmc_jax.calculator import check_species, properties
-from slhmc_jax.targets.base import TargetResult, default_chains
+from slhmc_jax.targets.base import TargetResult, default_chains, energies_eV
 
 
 class PotentialTarget:
@@ -85,4 +85,5 @@ class PotentialTarget:
         return out  # type: ignore[return-value]
 
     def __call__(self, atoms_list) -> np.ndarray:
-        return np.array([r.energy_eV for r in self.evaluate(atoms_list)], dtype=np.float64)
+        """(n,) energies in eV."""
+        return energies_eV(self.evaluate(atoms_list))

@@ -14,7 +14,7 @@ which cuts SCF cycles for the small displacements of an HMC step (>= 30% on a Ti
 Backend: ``device="auto"`` runs gpu4pyscf (``mf.to_gpu()``) where cupy/gpu4pyscf import and a
 CUDA device is visible, CPU PySCF otherwise; resolved in the process that evaluates.
 
-Failures: a non-converged SCF goes through a retry ladder (``PySCFTarget.LADDER``): plain,
+Failures: a non-converged SCF goes through a retry ladder (``PySCFTarget.LADDER``, run by ``run_scf``): plain,
 second-order SCF (``mf.newton()``), level shift, damping (+ late DIIS), smearing (a Fermi-smeared
 SCF whose density seeds an *unsmeared* SCF, so the energy is always the same functional of the
 same kind of density), and a fresh minao guess. If every rung fails, a ``TargetEvaluationError`` naming the
@@ -46,7 +46,8 @@ PRESETS = {"pbe": "PBE", "r2scan": "r2SCAN", "hse06": "HSE06", "hse": "HSE06", "
 MIN_DISTANCE_A = 0.5
 
 
-def _check_xc(xc: str) -> str:
+def check_xc(xc: str) -> str:
+    """The libxc name of ``xc`` (a preset such as 'pbe', or any name libxc parses); ValueError otherwise."""
     from pyscf.dft import libxc
 
     name = PRESETS.get(xc.lower(), xc)
@@ -214,7 +215,7 @@ class PySCFTarget(SingleEvaluationTarget):
                  conv_tol: float = 1e-9, max_cycle: int = 100, grids_level: int = 3, ke_cutoff_Ha: float = 200.0,
                  multigrid: bool = False, compute_forces: bool = False, warm_start: bool = True,
                  threads: int | None = None, device: str = "auto", compute_stress: bool = False):
-        self.xc = _check_xc(xc)
+        self.xc = check_xc(xc)
         self.basis = basis
         self.pseudo = pseudo
         self.kpts = None if kpts is None else tuple(int(k) for k in kpts)
@@ -226,14 +227,7 @@ class PySCFTarget(SingleEvaluationTarget):
         self.compute_forces, self.warm_start, self.threads = compute_forces, warm_start, threads
         self.compute_stress = bool(compute_stress)
         if self.compute_stress:
-            from pyscf.dft import libxc
-
-            why = ("a hybrid functional" if libxc.is_hybrid_xc(self.xc) else
-                   "multigrid (PySCF's stress needs FFTDF: set multigrid=False)" if multigrid else
-                   "smearing" if smearing else None)
-            if why:
-                raise ValueError(f"compute_stress=True is not available with {why} in PySCF "
-                                 f"(xc={self.xc!r}, multigrid={multigrid}, smearing={smearing})")
+            check_stress_available(self.xc, multigrid, smearing)
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}; got {device!r}")
         self.device = device
@@ -314,48 +308,8 @@ class PySCFTarget(SingleEvaluationTarget):
         return mol
 
     def build_mf(self, mol, gpu: bool = False, smearing: float | None = None):
-        """The configured (not yet run) PySCF mean-field object for mol.
-
-        Args:
-            mol: from ``build_mol``.
-            gpu: convert to gpu4pyscf (``mf.to_gpu()``).
-            smearing: Fermi smearing width in Ha overriding ``self.smearing`` (retry ladder).
-        """
-        sigma = self.smearing if smearing is None else smearing
-        if type(mol).__name__ == "Cell":
-            from pyscf.pbc import dft as pdft
-
-            if (self.kpts is not None and np.prod(self.kpts) > 1) or self.compute_stress:
-                # k-point code also at the gamma point when stress is wanted: PySCF 2.14's
-                # gamma-only RKS gradients need multigrid, its stress needs FFTDF (krks_stress)
-                kpts = mol.make_kpts(self.kpts or (1, 1, 1))
-                mf = pdft.KRKS(mol, kpts) if self.spin == 0 else pdft.KUKS(mol, kpts)
-            else:
-                mf = pdft.RKS(mol) if self.spin == 0 else pdft.UKS(mol)
-            if sigma:
-                from pyscf.pbc.scf.addons import smearing_
-
-                mf = smearing_(mf, sigma=sigma, method="fermi")
-            if self.multigrid:
-                mf = mf.multigrid_numint()
-        else:
-            from pyscf import dft
-
-            mf = dft.RKS(mol) if self.spin == 0 else dft.UKS(mol)
-            mf.grids.level = self.grids_level
-            if self.density_fit:
-                mf = mf.density_fit()
-            if sigma:
-                from pyscf.scf.addons import smearing_
-
-                mf = smearing_(mf, sigma=sigma, method="fermi")
-        mf.xc = self.xc
-        mf.conv_tol = self.conv_tol
-        mf.max_cycle = self.max_cycle
-        mf.verbose = 0
-        if gpu:
-            mf = _to_gpu(mf)
-        return mf
+        """The configured (not yet run) PySCF mean-field object for mol (see ``make_mean_field``)."""
+        return make_mean_field(self, mol, gpu, smearing)
 
     # retry ladder: (name, attributes set on the mean-field object, start from the warm guess?)
     # "newton" (second-order SCF from the warm guess) comes second: near-degenerate frontier orbitals
@@ -390,69 +344,154 @@ class PySCFTarget(SingleEvaluationTarget):
         mol = self.build_mol(atoms)
         gpu = self.use_gpu()
         t0 = time.perf_counter()
-        cycles = [0]
+        scf = run_scf(self, mol, gpu, dm0, atoms.get_chemical_formula())
+        forces = forces_eV_A(scf.mf, mol, self.settings()) if self.compute_forces else None
+        stress = stress_eV_A3(scf.mf, mol, self.settings()) if self.compute_stress else None
+        info = {"scf_cycles": scf.cycles, "wall_s": time.perf_counter() - t0, "warm_start": dm0 is not None,
+                "retries": list(scf.rungs[1:]), "backend": "gpu4pyscf" if gpu else "pyscf"}
+        return (TargetResult(energy_eV=scf.energy_Ha * Hartree, forces_eV_A=forces, stress_eV_A3=stress, info=info),
+                WarmState.from_mf(scf.mf, unrestricted=self.spin != 0))
 
-        def cb(env):
-            cycles[0] += 1
 
-        def run(mf, start):
-            mf.callback = cb
-            guess = _initial_guess(start, mf, unrestricted=self.spin != 0)
-            if guess is not None and gpu:
-                import cupy
+# ---- building and running the SCF: module functions of a PySCFTarget's settings ----
 
-                guess = cupy.asarray(guess)
-            e = mf.kernel(dm0=guess)
-            return float(e), bool(mf.converged)
+def check_stress_available(xc: str, multigrid: bool, smearing: float | None) -> None:
+    """ValueError when PySCF has no analytic stress for these settings (hybrids, multigrid, smearing)."""
+    from pyscf.dft import libxc
 
-        tried, converged, e, mf = [], False, np.nan, None
-        for name, opts, warm in self.LADDER:
-            start = dm0 if warm else None
-            if name == "smearing":
-                pre = self.build_mf(mol, gpu, smearing=max(self.LADDER_SMEARING_HA, 2 * (self.smearing or 0)))
-                pre.level_shift = 0.2
-                run(pre, start)
-                start = _to_numpy(pre.make_rdm1())  # smeared density: a better guess for the unsmeared SCF
-            mf = self.build_mf(mol, gpu)
-            for k, v in opts.items():
-                setattr(mf, k, v)
-            if name == "newton":
-                mf = mf.newton()
-            e, converged = run(mf, start)
-            tried.append(name)
-            if converged and np.isfinite(e):
-                break
-        if not (converged and np.isfinite(e)):
-            settings = self.settings() | {"max_cycle": self.max_cycle, "ladder": tried,
-                                          "backend": "gpu4pyscf" if gpu else "pyscf"}
-            raise TargetEvaluationError(
-                f"SCF did not converge for {atoms.get_chemical_formula()} after the retry ladder {tried} "
-                f"(last energy {e} Ha); settings: {settings}", settings=settings)
-        forces = None
-        if self.compute_forces:
-            try:
-                gm = mf.nuc_grad_method()
-                if hasattr(gm, "grid_response") and type(mol).__name__ != "Cell":
-                    gm.grid_response = True  # exact derivative of the (grid-dependent) energy
-                gm.verbose = 0
-                g = _to_numpy(gm.kernel())
-            except NotImplementedError as err:
-                raise ValueError(f"no analytic gradients in PySCF for {self.settings()}: {err}") from None
-            forces = -g.reshape(-1, 3) * Hartree / Bohr
-        stress = self._stress(mf, mol) if self.compute_stress else None
-        info = {"scf_cycles": cycles[0], "wall_s": time.perf_counter() - t0, "warm_start": dm0 is not None,
-                "retries": tried[1:], "backend": "gpu4pyscf" if gpu else "pyscf"}
-        return (TargetResult(energy_eV=e * Hartree, forces_eV_A=forces, stress_eV_A3=stress, info=info),
-                WarmState.from_mf(mf, unrestricted=self.spin != 0))
+    why = ("a hybrid functional" if libxc.is_hybrid_xc(xc) else
+           "multigrid (PySCF's stress needs FFTDF: set multigrid=False)" if multigrid else
+           "smearing" if smearing else None)
+    if why:
+        raise ValueError(f"compute_stress=True is not available with {why} in PySCF "
+                         f"(xc={xc!r}, multigrid={multigrid}, smearing={smearing})")
 
-    def _stress(self, mf, mol) -> np.ndarray:
-        """(6,) Voigt stress in eV/A^3 (ASE convention) from PySCF's strain derivatives."""
-        if type(mol).__name__ != "Cell":
-            raise ValueError("stress requested for a molecule (no periodic cell): set compute_stress=False")
-        try:
-            gm = mf.nuc_grad_method()
-            gm.verbose = 0
-            sigma = _to_numpy(gm.get_stress())  # (1/V) dE/de_ij, Ha/Bohr^3
-        except (NotImplementedError, AttributeError, AssertionError) as err:
-            raise ValueError(f"PySCF has no stress tensor for {self.settings()}: {err!r}") from None
-        return full_3x3_to_voigt_6_stress(sigma) * Hartree / Bohr**3  # symmetrised (sigma + sigma^T) / 2
+
+def make_mean_field(target: "PySCFTarget", mol, gpu: bool = False, smearing: float | None = None):
+    """The configured (not yet run) PySCF mean-field object for mol under ``target``'s settings.
+
+    Args:
+        target: the PySCFTarget whose settings apply.
+        mol: from ``PySCFTarget.build_mol``.
+        gpu: convert to gpu4pyscf (``mf.to_gpu()``).
+        smearing: Fermi smearing width in Ha overriding ``target.smearing`` (retry ladder).
+    """
+    sigma = target.smearing if smearing is None else smearing
+    if type(mol).__name__ == "Cell":
+        from pyscf.pbc import dft as pdft
+
+        if (target.kpts is not None and np.prod(target.kpts) > 1) or target.compute_stress:
+            # k-point code also at the gamma point when stress is wanted: PySCF 2.14's
+            # gamma-only RKS gradients need multigrid, its stress needs FFTDF (krks_stress)
+            kpts = mol.make_kpts(target.kpts or (1, 1, 1))
+            mf = pdft.KRKS(mol, kpts) if target.spin == 0 else pdft.KUKS(mol, kpts)
+        else:
+            mf = pdft.RKS(mol) if target.spin == 0 else pdft.UKS(mol)
+        if sigma:
+            from pyscf.pbc.scf.addons import smearing_
+
+            mf = smearing_(mf, sigma=sigma, method="fermi")
+        if target.multigrid:
+            mf = mf.multigrid_numint()
+    else:
+        from pyscf import dft
+
+        mf = dft.RKS(mol) if target.spin == 0 else dft.UKS(mol)
+        mf.grids.level = target.grids_level
+        if target.density_fit:
+            mf = mf.density_fit()
+        if sigma:
+            from pyscf.scf.addons import smearing_
+
+            mf = smearing_(mf, sigma=sigma, method="fermi")
+    mf.xc = target.xc
+    mf.conv_tol = target.conv_tol
+    mf.max_cycle = target.max_cycle
+    mf.verbose = 0
+    if gpu:
+        mf = _to_gpu(mf)
+    return mf
+
+
+class SCFOutcome(NamedTuple):
+    """A converged SCF: energy_Ha (Hartree), the mean-field object, the ladder rungs tried (names,
+    the converged one last) and the SCF cycles summed over them."""
+
+    energy_Ha: float
+    mf: Any
+    rungs: tuple[str, ...]
+    cycles: int
+
+
+def run_scf(target: "PySCFTarget", mol, gpu: bool, dm0, formula: str) -> SCFOutcome:
+    """The SCF of ``mol`` through ``target.LADDER``: each rung in turn, from the warm guess ``dm0``
+    where the rung says so, until one converges to a finite energy.
+
+    Raises TargetEvaluationError naming ``formula``, the rungs tried and every setting (incl.
+    max_cycle) when every rung fails.
+    """
+    cycles = [0]
+    unrestricted = target.spin != 0
+
+    def count(env):
+        cycles[0] += 1
+
+    def run(mf, start):
+        mf.callback = count
+        guess = _initial_guess(start, mf, unrestricted=unrestricted)
+        if guess is not None and gpu:
+            import cupy
+
+            guess = cupy.asarray(guess)
+        e = mf.kernel(dm0=guess)
+        return float(e), bool(mf.converged)
+
+    tried, e = [], np.nan
+    for name, opts, warm in target.LADDER:
+        start = dm0 if warm else None
+        if name == "smearing":
+            pre = make_mean_field(target, mol, gpu, smearing=max(target.LADDER_SMEARING_HA, 2 * (target.smearing or 0)))
+            pre.level_shift = 0.2
+            run(pre, start)
+            start = _to_numpy(pre.make_rdm1())  # smeared density: a better guess for the unsmeared SCF
+        mf = make_mean_field(target, mol, gpu)
+        for k, v in opts.items():
+            setattr(mf, k, v)
+        if name == "newton":
+            mf = mf.newton()
+        e, converged = run(mf, start)
+        tried.append(name)
+        if converged and np.isfinite(e):
+            return SCFOutcome(e, mf, tuple(tried), cycles[0])
+    settings = target.settings() | {"max_cycle": target.max_cycle, "ladder": tried,
+                                    "backend": "gpu4pyscf" if gpu else "pyscf"}
+    raise TargetEvaluationError(
+        f"SCF did not converge for {formula} after the retry ladder {tried} "
+        f"(last energy {e} Ha); settings: {settings}", settings=settings)
+
+
+def forces_eV_A(mf, mol, settings: dict) -> np.ndarray:
+    """(n_atoms, 3) forces in eV/A from PySCF's analytic gradients of a converged ``mf``
+    (``settings`` names the method in the ValueError raised where PySCF has none)."""
+    try:
+        gm = mf.nuc_grad_method()
+        if hasattr(gm, "grid_response") and type(mol).__name__ != "Cell":
+            gm.grid_response = True  # exact derivative of the (grid-dependent) energy
+        gm.verbose = 0
+        g = _to_numpy(gm.kernel())
+    except NotImplementedError as err:
+        raise ValueError(f"no analytic gradients in PySCF for {settings}: {err}") from None
+    return -g.reshape(-1, 3) * Hartree / Bohr
+
+
+def stress_eV_A3(mf, mol, settings: dict) -> np.ndarray:
+    """(6,) Voigt stress in eV/A^3 (ASE convention) from PySCF's strain derivatives of a converged ``mf``."""
+    if type(mol).__name__ != "Cell":
+        raise ValueError("stress requested for a molecule (no periodic cell): set compute_stress=False")
+    try:
+        gm = mf.nuc_grad_method()
+        gm.verbose = 0
+        sigma = _to_numpy(gm.get_stress())  # (1/V) dE/de_ij, Ha/Bohr^3
+    except (NotImplementedError, AttributeError, AssertionError) as err:
+        raise ValueError(f"PySCF has no stress tensor for {settings}: {err!r}") from None
+    return full_3x3_to_voigt_6_stress(sigma) * Hartree / Bohr**3  # symmetrised (sigma + sigma^T) / 2

@@ -14,7 +14,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from slhmc_jax.targets.base import TargetResult
+from slhmc_jax.targets.base import (
+    Capabilities,
+    TargetEvaluationError,
+    TargetResult,
+    capabilities,
+    default_chains,
+    stream,
+    with_forces,
+)
+from slhmc_jax.targets.stack import TargetWrapper, as_target
 
 POSITION_DECIMALS = 8  # positions and cell rounded to 1e-8 Angstrom for the key
 
@@ -103,7 +112,7 @@ class LabelStore:
         return len(frames)
 
 
-class CachedTarget:
+class CachedTarget(TargetWrapper):
     """A Target answered from a label store where it can be: only configurations missing from the
     store are evaluated (each distinct one once per batch, in one batch of the wrapped target), and
     every result is committed to the store as it arrives, before anything uses it.
@@ -112,37 +121,41 @@ class CachedTarget:
     for periodic cells); otherwise the configuration is evaluated again and the row gains them.
 
     Args:
-        target: anything :func:`slhmc_jax.targets.as_target` accepts.
+        target: anything :func:`slhmc_jax.targets.stack.as_target` accepts.
         store: a LabelStore, or None (no persistence; duplicates within a batch still cost one call).
 
     Attributes:
-        n_evaluated: configurations the wrapped target evaluated (successfully) through this object.
-        n_from_store: configurations answered from the store.
+        target_evaluations: configurations the wrapped target evaluated (successfully) through this object.
+        store_hits: configurations answered from the store.
     """
 
     def __init__(self, target, store: LabelStore | None):
-        from slhmc_jax.targets.base import as_target
-
-        self.target = as_target(target)
+        super().__init__(target)
         self.store = store
-        self.n_evaluated = 0
-        self.n_from_store = 0
+        self.target_evaluations = 0
+        self.store_hits = 0
         self._settings = self.target.settings()
+
+    @property
+    def judged(self) -> int:
+        """Configurations answered (target evaluations + store hits); duplicates within a batch not counted."""
+        return self.target_evaluations + self.store_hits
 
     def settings(self) -> dict:
         return self._settings
 
-    @property
-    def compute_forces(self) -> bool:
-        return bool(getattr(self.target, "compute_forces", False))
+    def rewrap(self, inner) -> "CachedTarget":
+        """A CachedTarget of ``inner`` on the same store (its own counters)."""
+        return CachedTarget(inner, self.store)
 
     def key(self, atoms) -> str:
         """The store key of ``atoms`` under this target's settings."""
         return config_key(atoms, self._settings)
 
-    def _usable(self, r: TargetResult | None, atoms) -> bool:
-        need_s = bool(getattr(self.target, "compute_stress", False)) and bool(atoms.pbc.all())
-        return (r is not None and not (self.compute_forces and r.forces_eV_A is None)
+    @staticmethod
+    def _usable(r: TargetResult | None, atoms, needs: Capabilities) -> bool:
+        need_s = needs.stress and bool(atoms.pbc.all())
+        return (r is not None and not (needs.forces and r.forces_eV_A is None)
                 and not (need_s and r.stress_eV_A3 is None))
 
     def evaluate_streaming(self, atoms_list: Sequence[Any], chains: Sequence[int] | None = None):
@@ -151,9 +164,8 @@ class CachedTarget:
         Raises TargetEvaluationError with ``index`` = the failed position in ``atoms_list`` (the
         results yielded before it are already stored).
         """
-        from slhmc_jax.targets.base import TargetEvaluationError, default_chains, stream
-
         chains = default_chains(atoms_list, chains)
+        needs = capabilities(self.target)
         keys = [self.key(a) for a in atoms_list]
         todo: dict[str, list[int]] = {}  # key -> positions with that key (the first one is evaluated)
         for j, (k, a) in enumerate(zip(keys, atoms_list)):
@@ -161,8 +173,8 @@ class CachedTarget:
                 todo[k].append(j)
                 continue
             r = self.store.get_by_key(k) if self.store is not None else None
-            if self._usable(r, a):
-                self.n_from_store += 1
+            if self._usable(r, a, needs):
+                self.store_hits += 1
                 yield j, r
             else:
                 todo[k] = [j]
@@ -175,22 +187,13 @@ class CachedTarget:
                 j = first[m]
                 if self.store is not None:
                     self.store.put(atoms_list[j], self._settings, r)
-                self.n_evaluated += 1
+                self.target_evaluations += 1
                 for jj in todo[keys[j]]:
                     yield jj, r
         except TargetEvaluationError as err:
             if err.index is not None:
                 err.index = first[err.index]
             raise
-
-    def evaluate(self, atoms_list: Sequence[Any], chains: Sequence[int] | None = None) -> list[TargetResult]:
-        results: list[TargetResult | None] = [None] * len(atoms_list)
-        for j, r in self.evaluate_streaming(atoms_list, chains):
-            results[j] = r
-        return results  # type: ignore[return-value]
-
-    def __call__(self, atoms_list: Sequence[Any]) -> np.ndarray:
-        return np.array([r.energy_eV for r in self.evaluate(atoms_list)], dtype=np.float64)
 
 
 def cached(target, store) -> CachedTarget:
@@ -207,6 +210,4 @@ def label_forces(store, target, atoms_list: Sequence[Any], chains: Sequence[int]
     The cheap alternative to ``sample(..., labels="forces")``: forces only for the states that
     will be trained on, not for every proposal.
     """
-    from slhmc_jax.targets.base import as_target, with_forces
-
     return cached(with_forces(as_target(target)), store).evaluate(atoms_list, chains)

@@ -6,7 +6,7 @@ An irrep is a pair ``(l, p)``: degree l >= 0 and parity p = +1 ("e") or -1 ("o")
 
 The real spherical harmonics come from e3nn-jax and equal those of e3nn 0.4 (torch); the Wigner 3j
 symbols of the two libraries differ by an overall sign for some (l1, l2, l3), tabulated in
-``_w3j_signs`` (both checked in ``tests/test_mace.py``), so parameters move between the two
+``w3j_signs`` (both checked in ``tests/test_mace.py``), so parameters move between the two
 libraries without any change of basis.
 """
 
@@ -109,14 +109,14 @@ def count(irreps, ir) -> int:
 @functools.lru_cache(maxsize=None)
 def wigner_3j(l1: int, l2: int, l3: int) -> np.ndarray:
     """(2l1+1, 2l2+1, 2l3+1) real Wigner 3j tensor (Frobenius norm 1), float64, in e3nn-torch's sign
-    convention (e3nn-jax's tensor times the sign recorded in ``_w3j_signs``)."""
+    convention (e3nn-jax's tensor times the sign recorded in ``w3j_signs``)."""
     import e3nn_jax
 
-    from slhmc_jax.models.mace import _w3j_signs
+    from slhmc_jax.models.mace import w3j_signs
 
-    if max(l1, l2, l3) > _w3j_signs.L_MAX:
-        raise ValueError(f"3j symbols are tabulated up to l = {_w3j_signs.L_MAX}; got ({l1}, {l2}, {l3})")
-    sign = -1.0 if (l1, l2, l3) in _w3j_signs.NEGATIVE else 1.0
+    if max(l1, l2, l3) > w3j_signs.L_MAX:
+        raise ValueError(f"3j symbols are tabulated up to l = {w3j_signs.L_MAX}; got ({l1}, {l2}, {l3})")
+    sign = -1.0 if (l1, l2, l3) in w3j_signs.NEGATIVE else 1.0
     return sign * np.asarray(e3nn_jax.clebsch_gordan(l1, l2, l3), dtype=np.float64)
 
 

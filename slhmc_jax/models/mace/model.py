@@ -23,7 +23,7 @@ import numpy as np
 
 from slhmc_jax.models.mace import blocks
 from slhmc_jax.models.mace import irreps as ir
-from slhmc_jax.models.registry import FlaxPotential, SpeciesTable
+from slhmc_jax.models.flax_potential import FlaxPotential, SpeciesTable
 
 PyTree = Any
 

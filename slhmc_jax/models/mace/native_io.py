@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slhmc_jax.files import write_npz
 from slhmc_jax.models.mace.model import MACEHyperparameters, MACEPotential, potential_from_params
 
 FORMAT = "slhmc_jax.mace/1"
@@ -29,13 +30,7 @@ def save(potential: MACEPotential, path) -> None:
     arrays = {"__format__": np.asarray(FORMAT), "__hyperparameters__": np.asarray(potential.hyperparameters.to_json())}
     for path_, leaf in jax.tree_util.tree_flatten_with_path(potential.params)[0]:
         arrays["p/" + _key(path_)] = np.asarray(leaf)
-    path = os.fspath(path)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_npz(path, **arrays)
 
 
 def is_native(path) -> bool:

@@ -293,9 +293,13 @@ def to_torch(potential: MACEPotential, dtype=None):
 
 def save_torch(potential: MACEPotential, path, dtype=None) -> None:
     """Write a mace-torch checkpoint (``torch.save`` of the module), loadable by ``MACECalculator``,
-    ``torch.load(path, weights_only=False)`` and mace-torch's tools."""
+    ``torch.load(path, weights_only=False)`` and mace-torch's tools; written atomically."""
+    from slhmc_jax.files import atomic_open
+
     torch = _import_torch()
-    torch.save(to_torch(potential, dtype=dtype), str(path))
+    module = to_torch(potential, dtype=dtype)
+    with atomic_open(path, "wb") as fh:
+        torch.save(module, fh)
 
 
 def load_torch(path, dtype=None) -> MACEPotential:

@@ -1,0 +1,86 @@
+"""report.md: the tables of ``slhmc analyze`` a scientist reads, with the figures embedded.
+
+The numbers come from :func:`slhmc_jax.analysis.report.analyze`; this module only writes them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from slhmc_jax.analysis.formatting import formula, table_number
+
+
+def report_markdown(analysis, figures=()) -> str:
+    """report.md of an :class:`slhmc_jax.analysis.report.Analysis`: summary, distance tables per arm and
+    observable, sampler diagnostics, and ``figures`` ((path, title), ...) embedded."""
+    run = analysis.run
+    ref = run.reference
+    conf = int(round(100 * analysis.settings.confidence))
+    lines = [
+        f"# SLHMC report: {formula(ref.atomic_numbers)}",
+        "",
+        f"- system: {ref.n_atoms} atoms, pbc {[bool(p) for p in ref.pbc]}; ensemble {run.ensemble.upper()}"
+        + (f", {run.temperature_K:g} K" if run.temperature_K else "")
+        + (f", {run.pressure_GPa:g} GPa" if run.pressure_GPa is not None else ""),
+        f"- target reference: {ref.n_chains} chains x {ref.n_frames} frames (SLHMC production samples)",
+        f"- arms: {', '.join(f'{a.name} ({a.n_chains} x {a.n_frames} frames)' for a, _ in analysis.arms) or 'none'}",
+        f"- pairs {', '.join('-'.join(p) for p in analysis.rdf_pairs)}; k = {analysis.settings.k} nearest neighbours; "
+        f"RDF on [0, {analysis.settings.r_max_A:g}) A in {analysis.settings.n_bins} bins",
+        "",
+    ]
+    if analysis.arms:
+        lines += [
+            f"## Distances to the target reference ({conf}% moving-block bootstrap intervals)",
+            "",
+            "Wasserstein distance W1 of each observable's distribution (unit of the observable) and, for the RDFs, "
+            "int |g_arm - g_ref| dr (A). Smaller is closer to the target.",
+            "",
+            "| observable | " + " | ".join(a.name for a, _ in analysis.arms) + " |",
+            "| --- | " + " | ".join("---" for _ in analysis.arms) + " |",
+        ]
+        for o in analysis.observables:
+            cells = [f"{table_number(a.wasserstein[o.name].value, 3)} [{table_number(a.wasserstein[o.name].ci_low, 3)}, {table_number(a.wasserstein[o.name].ci_high, 3)}]"
+                     for a, _ in analysis.arms]
+            lines.append(f"| W1 {o.name} ({o.unit or 'dimensionless'}) | " + " | ".join(cells) + " |")
+        for p in analysis.reference.rdf:
+            cells = [f"{table_number(a.rdf_distance[p].value, 3)} [{table_number(a.rdf_distance[p].ci_low, 3)}, {table_number(a.rdf_distance[p].ci_high, 3)}]"
+                     for a, _ in analysis.arms]
+            lines.append(f"| RDF {p} (A) | " + " | ".join(cells) + " |")
+        lines += ["", "## Means", "", "| observable | target reference | " + " | ".join(a.name for a, _ in analysis.arms) + " |",
+                  "| --- | --- | " + " | ".join("---" for _ in analysis.arms) + " |"]
+        for o in analysis.observables:
+            ref_mean = float(np.mean(np.concatenate(analysis.reference.scalars[o.name])))
+            lines.append(f"| {o.name} | {ref_mean:.5g} | " + " | ".join(f"{a.means[o.name]:.5g}" for a, _ in analysis.arms) + " |")
+        ess = [(a.name, a.importance_ess) for a, _ in analysis.arms if a.importance_ess is not None]
+        if ess:
+            lines += ["", "## Importance-weight ESS of the training sets", "",
+                      "Kish ESS fraction of each training set reweighted from its source distribution to the target "
+                      "(1: the set is target-distributed; small: few of its configurations survive reweighting).", ""]
+            lines += [f"- {name}: {value:.4g}" for name, value in ess]
+        lines.append("")
+    if analysis.sampler is not None:
+        s = analysis.sampler
+        err = s.ml_energy_error
+        lines += [
+            "## Sampler diagnostics (reference run)",
+            "",
+            "| quantity | value |",
+            "| --- | --- |",
+            f"| chains x steps | {s.n_chains} x {s.n_steps} |",
+            f"| acceptance (pooled) | {s.acceptance:.3f} |",
+            f"| acceptance per chain | {', '.join(f'{a:.3f}' for a in s.acceptance_per_chain)} |",
+            f"| target-energy ESS | {table_number(s.ess)} |",
+            f"| target-energy IAT (steps) | {table_number(s.iat)} |",
+            f"| split R-hat | {table_number(s.rhat)} |",
+            f"| ESS per target call | {table_number(s.ess_per_target_call)} |",
+        ]
+        if err is not None and err.n > err.n_non_finite:
+            lines.append(f"| ML energy error (eV): mean, std, mean abs | {table_number(err.mean)}, {table_number(err.std)}, {table_number(err.mean_abs)} |")
+        lines.append("")
+    if figures:
+        lines += ["## Figures", ""]
+        for path, title in figures:
+            lines += [f"### {title}", "", f"![{title}](figures/{Path(path).name})", ""]
+    return "\n".join(lines)
