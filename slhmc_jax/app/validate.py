@@ -2,22 +2,14 @@
 
 ``slhmc validate`` runs, on one system and one target:
 
-1. **direct target MD**: velocity Verlet with the TARGET's forces under a thermostat that samples
-   the canonical ensemble exactly as dt -> 0 (:class:`MDSettings`):
-
-   - "baoab": Langevin dynamics, BAOAB splitting (Leimkuhler & Matthews 2013), per step
-     p += dt/2 F; x += dt/2 p/m; p = c p + sqrt((1 - c^2) m kT) xi (c = exp(-gamma dt));
-     x += dt/2 p/m; F = F_target(x); p += dt/2 F;
-   - "bussi": stochastic velocity rescaling (Bussi, Donadio & Parrinello 2007), symmetric
-     splitting: p *= alpha(dt/2); velocity Verlet step; p *= alpha(dt/2)
-     (:func:`slhmc_jax.sampler.integrators.bussi_factor`).
-
-   The thermostat rules are pure functions (:mod:`slhmc_jax.sampler.integrators`, jitted in
-   :func:`slhmc_jax.sampler.md.md_kernel`); the target is called on the host once per MD step with all replicas in
-   one batch (warm starts per replica), every result committed to the label store before it is
-   used, every configuration counted. Start: Maxwell-Boltzmann momenta, ``burn_in_steps``
-   discarded (:func:`slhmc_jax.sampler.md.run_direct_md`). The target runs in this process ([target] dispatch is not used: one PySCF process,
-   its replicas one after the other, each warm-started from its own previous step).
+1. **direct target MD** (:mod:`slhmc_jax.sampler.md`, whose docstring gives the thermostats' equations):
+   velocity Verlet with the TARGET's forces under a thermostat that samples the canonical ensemble
+   exactly as dt -> 0, "baoab" (Langevin) or "bussi" (stochastic velocity rescaling); the target is
+   called on the host once per MD step with all replicas in one batch, every result committed to the
+   label store before it is used, every configuration counted; ``burn_in_steps`` discarded
+   (:func:`slhmc_jax.sampler.md.run_direct_md`). The target runs in this process ([target] dispatch
+   is not used: one PySCF process, its replicas one after the other, each warm-started from its own
+   previous step).
 
 2. **SLHMC** (:func:`slhmc_jax.sample`) on the same target, system and temperature, once per
    proposal: "foundation" (the [model] foundation unchanged) and "finetuned". The fine-tuned

@@ -223,6 +223,16 @@ def _second_stage(states: ChainState, screening: Screening, e_new, beta):
     return metropolis(jnp.where(screening.passed, -beta * diff, jnp.nan), screening.key)
 
 
+def _decide(states: ChainState, screening: Screening | None, log_alpha, e_new, beta, uniform_key):
+    """(accepted, probability, screen energy of the new states): one Metropolis stage on ``log_alpha``,
+    or, after a screen, stage two (:func:`_second_stage`); the same for HMC and cell moves."""
+    if screening is None:
+        ok, prob = metropolis(log_alpha, uniform_key)
+        return ok, prob, states.screen_energy
+    ok, prob = _second_stage(states, screening, e_new, beta)
+    return ok, prob, jnp.where(ok, screening.energy, states.screen_energy)
+
+
 # ----------------------------------------------------------------------------------------
 # HMC move
 
@@ -298,12 +308,7 @@ def accept_hmc(states: ChainState, proposal: Proposal, proposed_target_energy, t
     carry, key = _split2(proposal.key)
     e_new = jnp.asarray(proposed_target_energy, jnp.float64)
     log_alpha, dH = _hmc_log_ratio(proposal, states.target_energy, e_new, beta)
-    if screening is None:
-        ok, prob = metropolis(log_alpha, key)
-        screen_energy = states.screen_energy
-    else:
-        ok, prob = _second_stage(states, screening, e_new, beta)
-        screen_energy = jnp.where(ok, screening.energy, states.screen_energy)
+    ok, prob, screen_energy = _decide(states, screening, log_alpha, e_new, beta, key)
     new = ChainState(
         jnp.where(ok[:, None, None], proposal.positions, states.positions),
         states.cell,
@@ -410,12 +415,7 @@ def accept_cell(states: ChainState, proposal: CellProposal, proposed_target_ener
     beta = 1.0 / (KB_EV_PER_K * temperature_K)
     e_new = jnp.asarray(proposed_target_energy, jnp.float64)
     log_alpha = _cell_log_ratio(states, proposal, states.target_energy, e_new, beta, pressure_GPa)
-    if screening is None:
-        ok, prob = metropolis(log_alpha, proposal.accept_key)
-        screen_energy = states.screen_energy
-    else:
-        ok, prob = _second_stage(states, screening, e_new, beta)
-        screen_energy = jnp.where(ok, screening.energy, states.screen_energy)
+    ok, prob, screen_energy = _decide(states, screening, log_alpha, e_new, beta, proposal.accept_key)
     new = ChainState(
         jnp.where(ok[:, None, None], proposal.positions, states.positions),
         jnp.where(ok[:, None, None], proposal.cell, states.cell),
