@@ -6,6 +6,7 @@ distribution; the report's distances are checked against scipy on distances comp
 from the positions, and every figure is checked to be a real PNG with drawn content.
 """
 
+import dataclasses
 import json
 
 import numpy as np
@@ -15,11 +16,11 @@ from ase.build import molecule
 from scipy.stats import wasserstein_distance
 
 import slhmc_jax
-from slhmc_jax.app import cli
 from slhmc_jax.analysis import run_directory as rd
-from slhmc_jax.units import KB_EV_PER_K
-from slhmc_jax.analysis.report import ReportSettings, analyze, report_dict
+from slhmc_jax.analysis.report import ReportSettings, analyze, report_dict, write_report
+from slhmc_jax.app import cli
 from slhmc_jax.structures import rutile
+from slhmc_jax.units import KB_EV_PER_K
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -247,3 +248,131 @@ def test_trajectory_from_atoms_checks_atom_counts():
     with pytest.raises(ValueError, match="chains must have equal lengths"):
         rd.trajectory_from_atoms([[water, water], [water]])
     assert rd.trajectory_from_atoms([Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]])]).n_frames == 1
+
+
+# ----------------------------------------------------------------------------------------
+# failed diagnostics first, target audit, provenance
+
+
+def _water_chains(n_chains, n_frames, seed, stretch_per_chain_A=0.0):
+    """H2O frames with independent Gaussian displacements (0.02 A); chain c's H atoms moved out by
+    c * stretch_per_chain_A along their bonds (chains that never mix when it is not 0)."""
+    rng = np.random.default_rng(seed)
+    base = molecule("H2O")
+    chains = []
+    for c in range(n_chains):
+        frames = []
+        for _ in range(n_frames):
+            a = base.copy()
+            for h in (1, 2):
+                u = a.positions[h] - a.positions[0]
+                a.positions[h] += c * stretch_per_chain_A * u / np.linalg.norm(u)
+            a.positions += rng.normal(0.0, 0.02, a.positions.shape)
+            frames.append(a)
+        chains.append(frames)
+    return rd.trajectory_from_atoms(chains)
+
+
+def _lines_before_first_table(md):
+    lines = md.splitlines()
+    return lines[: next(i for i, line in enumerate(lines) if line.startswith("|"))]
+
+
+def test_failed_diagnostics_open_the_report(tmp_path):
+    import arviz as az
+
+
+    # the quickstart's shape: 4 chains x 9 steps, chains that have not mixed, one chain stuck
+    rng = np.random.default_rng(11)
+    energies = 0.05 * np.arange(4)[:, None] + 0.005 * rng.normal(size=(4, 9))
+    energies[3] = energies[3, 0]
+    accepted = rng.random((4, 9)) < 0.6
+    accepted[3] = False
+    trace = rd.SamplerTrace(energies, accepted, target_evaluations=36)
+    audit = {"n": 8, "n_stored": 36, "max_abs_dE_meV": 5.0, "max_abs_dE_kT": 5.0e-3 / (KB_EV_PER_K * 300.0),
+             "temperature_K": 300.0, "target_calls": 8}
+    run = rd.RunData(_water_chains(4, 9, seed=5, stretch_per_chain_A=0.01), sampler=trace, temperature_K=300.0,
+                     metadata={"target_audit": audit})
+    analysis = analyze(run, ReportSettings(n_bootstrap=50, n_bins=50))
+    rep = report_dict(analysis)
+    kinds = [w["kind"] for w in rep["warnings"]]
+    assert kinds == ["rhat", "ess", "stuck_chain", "few_frames", "target_audit"]
+    messages = {w["kind"]: w["message"] for w in rep["warnings"]}
+    assert f"target energy {float(az.rhat(energies)):.3f}" in messages["rhat"]
+    per_frame = np.linalg.norm(run.reference.positions[:, :, 1:] - run.reference.positions[:, :, :1], axis=-1).mean(-1)
+    assert rep["reference"]["rhat"]["nn_O-H_A"] == pytest.approx(float(az.rhat(per_frame)), rel=1e-12)
+    assert rep["reference"]["ess"]["nn_O-H_A"] == pytest.approx(float(az.ess(per_frame, method="bulk")), rel=1e-12)
+    assert rep["reference"]["rhat"]["nn_O-H_A"] > 1.01 and "nn_O-H_A" in messages["rhat"]
+    assert "chain 3 accepted none of its 9 moves" in messages["stuck_chain"]
+    assert "36 frames" in messages["few_frames"] and "0.193 kT" in messages["target_audit"]
+    assert rep["target_audit"] == audit and "target_audit" not in rep["metadata"]
+
+    files = write_report(analysis, tmp_path, figures=())
+    md = files.markdown.read_text()
+    opening = "\n".join(_lines_before_first_table(md))
+    for w in rep["warnings"]:
+        assert w["message"] in opening
+    assert opening.index("WARNING") < opening.index("- system")
+    assert "## Target audit" in md and "5 meV" in md
+    assert json.loads(files.json.read_text())["warnings"] == rep["warnings"]
+
+    # the caller's own ESS verdict replaces the fallback; none given short: no ESS warning
+    short = dataclasses.replace(run, metadata={"reference": {"short_of_min_ess": {"nn_O-H_A": 12.5}, "min_ess": 200}})
+    messages = {w.kind: w.message for w in analyze(short, ReportSettings(n_bootstrap=20, n_bins=20)).warnings}
+    assert "nn_O-H_A 12.5" in messages["ess"] and "target_audit" not in messages
+    named = dataclasses.replace(run, metadata={"reference": {"short_of_min_ess": ["target_energy_eV"], "min_ess": 300,
+                                                              "ess": {"target_energy_eV": 41.0, "nn_O-H_A": 350.0}}})
+    message = next(w.message for w in analyze(named, ReportSettings(n_bootstrap=20, n_bins=20)).warnings if w.kind == "ess")
+    assert "target of 300" in message and "target_energy_eV 41" in message and "nn_O-H_A" not in message
+    enough = dataclasses.replace(run, metadata={"reference": {"short_of_min_ess": []}})
+    assert "ess" not in [w.kind for w in analyze(enough, ReportSettings(n_bootstrap=20, n_bins=20)).warnings]
+
+
+def test_a_converged_reference_opens_without_warnings(tmp_path):
+    rng = np.random.default_rng(12)
+    n_chains, n_frames = 4, 250  # independent draws: ESS about 1000, R-hat 1 + O(1/n)
+    trace = rd.SamplerTrace(0.01 * rng.normal(size=(n_chains, n_frames)), rng.random((n_chains, n_frames)) < 0.7)
+    audit = {"n": 8, "max_abs_dE_meV": 0.1, "max_abs_dE_kT": 1e-4 / (KB_EV_PER_K * 300.0), "temperature_K": 300.0}
+    run = rd.RunData(_water_chains(n_chains, n_frames, seed=6), sampler=trace, temperature_K=300.0,
+                     metadata={"target_audit": audit})
+    analysis = analyze(run, ReportSettings(n_bootstrap=20, n_bins=50))
+    assert analysis.warnings == ()
+    assert analysis.sampler.rhat < 1.01 and analysis.sampler.ess > 200
+    md = (write_report(analysis, tmp_path, figures=()).markdown).read_text()
+    assert "WARNING" not in md and "within the 0.1 kT" in md
+
+
+def test_report_records_its_provenance(tmp_path):
+    import hashlib
+    import os
+    import subprocess
+    from importlib.metadata import version
+
+    import scipy
+
+    from slhmc_jax.analysis.provenance import provenance
+
+    run = rd.RunData(_water_chains(2, 4, seed=7), temperature_K=300.0, metadata={"note": "x"})
+    rep = report_dict(analyze(run, ReportSettings(n_bootstrap=20, n_bins=20)))
+    prov = rep["provenance"]
+    assert prov["recorded"] == "report" and prov["config_sha256"] is None
+    assert prov["packages"]["numpy"] == np.__version__ and prov["packages"]["scipy"] == scipy.__version__
+    assert prov["slhmc_jax"]["version"] == version("slhmc-jax")
+    assert prov["host"]["cpu_count"] == os.cpu_count()
+    assert sum(d["count"] for d in prov["devices"]) == len(__import__("jax").devices())
+    assert rep["metadata"] == {"note": "x"}
+    commit = prov["slhmc_jax"]["git_commit"]
+    if commit is not None:  # running from a git checkout
+        root = os.path.dirname(os.path.dirname(slhmc_jax.__file__))
+        head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], check=False, capture_output=True, text=True).stdout.strip()
+        assert commit == head and isinstance(prov["slhmc_jax"]["git_dirty"], bool)
+
+    config = '[run]\nseed = 3\n'
+    stored = rd.RunData(run.reference, temperature_K=300.0, metadata={"provenance": provenance(config), "note": "x"})
+    analysis = analyze(stored, ReportSettings(n_bootstrap=20, n_bins=20))
+    rep = report_dict(analysis)
+    assert rep["provenance"]["recorded"] == "run" and rep["metadata"] == {"note": "x"}
+    assert rep["provenance"]["config_sha256"] == hashlib.sha256(config.encode()).hexdigest()
+    md = write_report(analysis, tmp_path, figures=()).markdown.read_text()
+    tail = md[md.index("## Provenance"):]
+    assert hashlib.sha256(config.encode()).hexdigest() in tail and f"numpy {np.__version__}" in tail

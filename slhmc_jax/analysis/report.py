@@ -10,13 +10,20 @@ carry source energies, and the sampler's diagnostics (:mod:`slhmc_jax.analysis.d
 - ``report.json``: ``arms.<arm>.wasserstein.<observable> = [W1, ci_low, ci_high]`` (the unit
   is in the observable's name: ``nn_Ti-O_A`` in A, ``volume_A3`` in A^3, ``c_over_a`` none),
   ``arms.<arm>.rdf_distance.<a-b> = [D, ci_low, ci_high]`` (int |g_arm - g_ref| dr, A),
-  ``arms.<arm>.means``, ``arms.<arm>.importance_ess``, ``reference``, ``sampler``,
-  ``observables`` (units and descriptions), ``figures``, ``settings``, ``metadata``;
+  ``arms.<arm>.means``, ``arms.<arm>.importance_ess``, ``reference`` (``reference.ess`` /
+  ``reference.rhat``: per observable, of its per-frame mean), ``sampler``, ``observables`` (units
+  and descriptions), ``figures``, ``settings``, ``metadata``; ``warnings``: the failed diagnostics
+  (:mod:`slhmc_jax.analysis.report_warnings`: R-hat, ESS, stuck chains, a small reference, the
+  target audit) as ``{"kind", "message"}``; ``target_audit`` (``RunData.metadata["target_audit"]``,
+  :mod:`slhmc_jax.targets.audit`) or null; ``provenance`` (:mod:`slhmc_jax.analysis.provenance`:
+  ``RunData.metadata["provenance"]`` where the run stored one, ``"recorded": "run"``, else this
+  process's at report time, ``"recorded": "report"``, without a config hash);
 - ``figures/*.png`` (matplotlib's Agg canvas, no display): RDF overlays per pair, nearest-
   neighbour distance histograms, cell-metric histograms (NPT), acceptance and target-energy
   traces per chain, the ML-trajectory energy-error histogram;
-- ``report.md``: the tables (distances with intervals per arm and observable, means, sampler
-  diagnostics) and the figures embedded.
+- ``report.md``: the warnings first (before any table), the tables (distances with intervals per
+  arm and observable, means, sampler diagnostics), the target audit, the figures embedded, and
+  the provenance last.
 """
 
 from __future__ import annotations
@@ -31,8 +38,15 @@ from slhmc_jax.analysis import observables as obs
 from slhmc_jax.analysis import statistics as stats
 from slhmc_jax.analysis.figures import colours, figure, hist_edges, save_figure
 from slhmc_jax.analysis.formatting import formula, json_safe, symbol
+from slhmc_jax.analysis.provenance import provenance
 from slhmc_jax.analysis.report_markdown import report_markdown
-from slhmc_jax.analysis.run_directory import Arm, RunData, read_frames, read_run_directory
+from slhmc_jax.analysis.report_warnings import diagnostic_warnings, reference_statistics
+from slhmc_jax.analysis.run_directory import (
+    Arm,
+    RunData,
+    read_frames,
+    read_run_directory,
+)
 from slhmc_jax.files import atomic_write, write_json
 from slhmc_jax.sampler.trajectory import Trajectory
 
@@ -156,6 +170,9 @@ class Analysis:
     reference: SetObservables
     arms: tuple  # of (ArmResult, SetObservables)
     sampler: SamplerSummary | None
+    reference_stats: dict = dataclasses.field(default_factory=dict)  # observable -> ChainStatistics | None
+    warnings: tuple = ()  # of report_warnings.DiagnosticWarning, most serious first
+    provenance: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,7 +301,13 @@ def analyze(run: RunData, settings: ReportSettings = ReportSettings()) -> Analys
             ess = stats.importance_ess(arm.training.energies_target_eV, arm.training.energies_source_eV, run.temperature_K)
         arms.append((ArmResult(arm.name, arm.frames.n_chains, arm.frames.n_frames, w, d, means, ess), samples))
     resolved = dataclasses.replace(settings, pairs=rdf_pairs, k=k, r_max_A=r_max)
-    return Analysis(run, resolved, rdf_pairs, nn_pairs, tuple(observables), r, reference, tuple(arms), _sampler_summary(run))
+    sampler = _sampler_summary(run)
+    ref_stats = reference_statistics({o.name: reference.scalars[o.name] for o in observables})
+    stored = run.metadata.get("provenance") if isinstance(run.metadata, dict) else None
+    # the run's own record where the caller stored one, else this process's (no config hash)
+    prov = {"recorded": "run", **stored} if isinstance(stored, dict) else {"recorded": "report", **provenance()}
+    return Analysis(run, resolved, rdf_pairs, nn_pairs, tuple(observables), r, reference, tuple(arms), sampler,
+                    ref_stats, diagnostic_warnings(run, sampler, ref_stats), prov)
 
 
 # ----------------------------------------------------------------------------------------
@@ -318,6 +341,7 @@ def report_dict(analysis: Analysis, figures=()) -> dict:
     out = {
         "format": "slhmc-report",
         "version": 1,
+        "warnings": [w.as_dict() for w in analysis.warnings],
         "system": {
             "formula": formula(run.reference.atomic_numbers),
             "n_atoms": run.reference.n_atoms,
@@ -336,6 +360,8 @@ def report_dict(analysis: Analysis, figures=()) -> dict:
             "n_frames": run.reference.n_frames,
             "means": {k: float(v.mean()) for k, v in ref_all.items()},
             "std": {k: float(v.std()) for k, v in ref_all.items()},
+            "ess": {k: None if v is None else v.ess for k, v in analysis.reference_stats.items()},
+            "rhat": {k: None if v is None else v.rhat for k, v in analysis.reference_stats.items()},
         },
         "arms": {
             a.name: {
@@ -360,7 +386,9 @@ def report_dict(analysis: Analysis, figures=()) -> dict:
             "confidence": analysis.settings.confidence,
             "seed": analysis.settings.seed,
         },
-        "metadata": run.metadata,
+        "target_audit": run.metadata.get("target_audit"),
+        "provenance": analysis.provenance,
+        "metadata": {k: v for k, v in run.metadata.items() if k not in ("provenance", "target_audit")},
     }
     return json_safe(out)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from slhmc_jax.analysis.formatting import formula, table_number
+from slhmc_jax.analysis.report_warnings import AUDIT_MAX_KT, warnings_markdown
 
 
 def report_markdown(analysis, figures=()) -> str:
@@ -21,6 +22,7 @@ def report_markdown(analysis, figures=()) -> str:
     lines = [
         f"# SLHMC report: {formula(ref.atomic_numbers)}",
         "",
+        *warnings_markdown(getattr(analysis, "warnings", ())),
         f"- system: {ref.n_atoms} atoms, pbc {[bool(p) for p in ref.pbc]}; ensemble {run.ensemble.upper()}"
         + (f", {run.temperature_K:g} K" if run.temperature_K else "")
         + (f", {run.pressure_GPa:g} GPa" if run.pressure_GPa is not None else ""),
@@ -79,8 +81,46 @@ def report_markdown(analysis, figures=()) -> str:
         if err is not None and err.n > err.n_non_finite:
             lines.append(f"| ML energy error (eV): mean, std, mean abs | {table_number(err.mean)}, {table_number(err.std)}, {table_number(err.mean_abs)} |")
         lines.append("")
+    lines += audit_markdown(run.metadata.get("target_audit"))
     if figures:
         lines += ["## Figures", ""]
         for path, title in figures:
             lines += [f"### {title}", "", f"![{title}](figures/{Path(path).name})", ""]
+    lines += provenance_markdown(getattr(analysis, "provenance", None))
     return "\n".join(lines)
+
+
+def audit_markdown(audit: dict | None) -> list[str]:
+    """report.md's target-audit section (:mod:`slhmc_jax.targets.audit`), or no lines."""
+    if not isinstance(audit, dict):
+        return []
+    kt = audit.get("max_abs_dE_kT")
+    verdict = "n/a" if kt is None else ("above" if kt > AUDIT_MAX_KT else "within")
+    lines = ["## Target audit", "",
+             f"{audit.get('n')} stored target states re-evaluated from a cold start (no warm start); largest |dE| "
+             f"{table_number(audit.get('max_abs_dE_meV'), 3)} meV = {table_number(kt, 3)} kT"
+             + (f" at {audit['temperature_K']:g} K" if audit.get("temperature_K") else "")
+             + f", {verdict} the {AUDIT_MAX_KT} kT a single-valued target allows"
+             + (f"; {audit['target_calls']} extra target calls" if audit.get("target_calls") is not None else "") + "."]
+    if audit.get("n_failed"):
+        lines.append(f"{audit['n_failed']} of them failed to evaluate.")
+    return lines + [""]
+
+
+def provenance_markdown(prov: dict | None) -> list[str]:
+    """report.md's closing provenance section (:mod:`slhmc_jax.analysis.provenance`), or no lines."""
+    if not prov:
+        return []
+    own = prov.get("slhmc_jax") or {}
+    commit = own.get("git_commit")
+    where = "" if commit is None else f" (commit {commit[:12]}{', uncommitted changes' if own.get('git_dirty') else ''})"
+    packages = ", ".join(f"{k} {v}" for k, v in (prov.get("packages") or {}).items() if v is not None)
+    devices = ", ".join(f"{d['count']} x {d['kind']} ({d['platform']})" for d in (prov.get("devices") or [])) or "n/a"
+    when = "when the run was made" if prov.get("recorded") == "run" else "when this report was written"
+    lines = ["## Provenance", "", f"Recorded {when}.", "",
+             f"- slhmc-jax {own.get('version')}{where}; Python {prov.get('python')}",
+             f"- {packages}",
+             f"- devices: {devices}; host: {(prov.get('host') or {}).get('cpu_count')} CPUs"]
+    if prov.get("config_sha256"):
+        lines.append(f"- config sha256: {prov['config_sha256']}")
+    return lines + [""]
