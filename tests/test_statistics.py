@@ -12,6 +12,7 @@ import pytest
 from scipy.stats import wasserstein_distance
 
 import slhmc_jax  # noqa: F401  (x64)
+from slhmc_jax.analysis import intervals as iv
 from slhmc_jax.analysis import statistics as st
 from slhmc_jax.units import KB_EV_PER_K
 
@@ -37,16 +38,23 @@ def test_wasserstein_equals_scipy_and_replicates_are_exact():
     w1, lo, hi = st.wasserstein(x, y, n_bootstrap=200)
     assert w1 == pytest.approx(wasserstein_distance(x.ravel(), y.ravel()), rel=1e-12)
     assert 0 <= lo <= w1 <= hi
-    # a bootstrap replicate is the W1 of the draws weighted by how often they were taken
-    base, _, _, replicate = st._w1_exact(x, y)
-    assert base == pytest.approx(w1, rel=1e-12)
+    # a bootstrap replicate is the W1 of the draws weighted by how often they were taken:
+    # F* - G* = (F - G) + deviations(w_x / n_x - 1 / n_x, w_y / n_y - 1 / n_y)
+    process = iv.w1_exact_process(x, y)
+    assert process.value == pytest.approx(w1, rel=1e-12)
     wx, wy = rng.integers(0, 4, size=(3, 300)).astype(float), rng.integers(0, 4, size=(3, 170)).astype(float)
     expected = [wasserstein_distance(x.ravel(), y.ravel(), np.repeat(a, 4), np.repeat(b, 3)) for a, b in zip(wx, wy)]
-    np.testing.assert_allclose(replicate(wx, wy), expected, rtol=1e-10)
+
+    def replicate(p):
+        dx = wx / wx.sum(1, keepdims=True) - 1 / 300
+        dy = wy / wy.sum(1, keepdims=True) - 1 / 170
+        return np.abs(p.diff + p.deviations(dx, dy)) @ p.widths
+
+    np.testing.assert_allclose(replicate(process), expected, rtol=1e-10)
     # many values: the quantile-grid replicates agree with the exact ones to the grid resolution
-    grid_base, _, _, grid_replicate = st._w1_on_grid(x, y)
-    assert abs(grid_base - w1) < 0.01 * w1
-    np.testing.assert_allclose(grid_replicate(wx, wy), expected, rtol=0.02)
+    grid = iv.w1_grid_process(x, y)
+    assert abs(grid.value - w1) < 0.01 * w1
+    np.testing.assert_allclose(replicate(grid), expected, rtol=0.02)
     # chains: blocks stay inside chains, the point value pools all chains
     w1_chains, _, _ = st.wasserstein([x[:150], x[150:]], y, n_bootstrap=200)
     assert w1_chains == pytest.approx(w1, rel=1e-12)
@@ -80,6 +88,120 @@ def test_wasserstein_interval_coverage_strong_correlation():
     coverage, width_ratio = _coverage(phi=0.9, n_draws=2000, repetitions=400, n_bootstrap=1000)
     assert 0.90 <= coverage <= 0.98, coverage
     assert 0.9 < width_ratio < 1.1, width_ratio
+
+
+def _chains(tau, mu, rng, n_chains, n_draws):
+    """n_chains AR(1) chains with marginal N(mu, 1) and integrated autocorrelation time tau."""
+    return list(_ar1((tau - 1) / (tau + 1), n_chains, n_draws, rng) + mu)
+
+
+def test_wasserstein_of_a_normal_shift_is_the_shift():
+    """N(0, 1) against N(0.7, 1): W1 = 0.7 exactly (equal variances), resolved, two-sided."""
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal(20000), rng.standard_normal(20000) + 0.7
+    r = st.wasserstein(x, y, iat=1.0, n_bootstrap=300)
+    assert r.form == "two-sided" and r.low <= 0.7 <= r.high
+    # the linear regime: half-width 1.96 sqrt(2 / n) of the difference of means
+    assert (r.high - r.low) / (2 * 1.96 * math.sqrt(2 / 20000)) == pytest.approx(1.0, abs=0.15)
+    same = st.wasserstein(x, x, n_bootstrap=100)
+    assert same.form == "upper bound" and same.value == 0.0 and same.low == 0.0 and same.high > 0.0
+
+
+def test_circular_block_weights_take_every_draw_once_on_average():
+    rng = np.random.default_rng(8)
+    w = iv.circular_block_weights([50, 37], 7, 4000, rng)
+    np.testing.assert_array_equal(w[:, :50].sum(1), 50)
+    np.testing.assert_array_equal(w[:, 50:].sum(1), 37)
+    # E[w_f] = 1 for every draw (circular blocks have no edge deficit); w_f counts <= ceil(n / l) blocks
+    se = w.std(0) / math.sqrt(w.shape[0])
+    assert np.all(np.abs(w.mean(0) - 1) < 4.5 * se)
+
+
+def _w1_coverage(tau, mu, repetitions, seed):
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for i in range(repetitions):
+        x, y = _chains(tau, 0.0, rng, 3, 120), _chains(tau, mu, rng, 3, 120)
+        _, lo, hi = st.wasserstein(x, y, n_bootstrap=200, seed=i)
+        hits += lo <= mu <= hi
+    return hits / repetitions
+
+
+# expected coverage of a nominal 95% interval: 1 - 0.05 / 2 at W1 = 0 (only the lower end can miss),
+# 0.95 at a resolved distance; bands of 3.5 binomial standard errors
+def _band(p, n):
+    return p - 3.5 * math.sqrt(p * (1 - p) / n), min(1.0, p + 3.5 * math.sqrt(p * (1 - p) / n))
+
+
+@pytest.mark.parametrize("mu,expected", [(0.0, 0.975), (1.0, 0.95)])
+def test_wasserstein_coverage_at_zero_and_positive_distance(mu, expected):
+    """3 chains x 120 draws per side, tau = 4, 150 repetitions."""
+    lo, hi = _band(expected, 150)
+    assert lo <= _w1_coverage(4.0, mu, 150, seed=31) <= hi
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tau", [1.0, 5.0, 20.0])
+@pytest.mark.parametrize("mu,expected", [(0.0, 0.975), (1.0, 0.95)])
+def test_wasserstein_coverage_slow(tau, mu, expected):
+    lo, hi = _band(expected, 400)
+    assert lo <= _w1_coverage(tau, mu, 400, seed=32) <= hi
+
+
+def _paired_coverage(mu_c, mu_s, repetitions, seed, n_rep=2):
+    """Coverage of delta = |mu_c| - |mu_s| (reference N(0, 1); W1 of a normal shift is the shift)."""
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for i in range(repetitions):
+        cand = [_chains(3.0, mu_c, rng, 2, 100) for _ in range(n_rep)]
+        slhmc = [_chains(3.0, mu_s, rng, 2, 100) for _ in range(n_rep)]
+        d = st.paired_distance_difference(cand, slhmc, _chains(3.0, 0.0, rng, 2, 100), n_bootstrap=200, seed=i)
+        hits += d.low <= abs(mu_c) - abs(mu_s) <= d.high
+    return hits / repetitions
+
+
+@pytest.mark.parametrize("mu_c,mu_s", [(0.0, 0.0), (0.8, 0.3)])
+def test_paired_difference_coverage(mu_c, mu_s):
+    """Equal arms (delta = 0) and two shifted arms (delta = 0.5): 100 repetitions, 2 replicates per arm."""
+    lo, hi = _band(0.95, 100)
+    assert lo <= _paired_coverage(mu_c, mu_s, 100, seed=41) <= hi
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mu_c,mu_s", [(0.0, 0.0), (0.8, 0.3), (0.6, 0.0)])
+def test_paired_difference_coverage_slow(mu_c, mu_s):
+    lo, hi = _band(0.95, 300)
+    assert lo <= _paired_coverage(mu_c, mu_s, 300, seed=42, n_rep=3) <= hi
+
+
+def test_paired_difference_resolves_a_gap_and_pairing_narrows_it():
+    """Candidate N(0.6, 1), slhmc N(0.4, 1), reference N(0, 1): delta = 0.2. Both W1 move with the
+    reference's mean, so its noise cancels in the paired difference: with R replicates of N draws
+    per arm and N reference draws, var(delta) is 2 / (R N) paired and 2 / (R N) + 2 / N unpaired
+    (in units of tau / N), a width ratio of sqrt(1 + R) = 2 for R = 3."""
+    rng = np.random.default_rng(12)
+    cand = [_chains(2.0, 0.6, rng, 4, 300) for _ in range(3)]
+    slhmc = [_chains(2.0, 0.4, rng, 4, 300) for _ in range(3)]
+    ref = _chains(2.0, 0.0, rng, 4, 300)
+    d = st.paired_distance_difference(cand, slhmc, ref, n_bootstrap=400, seed=1)
+    assert (d.n_replicates_candidate, d.n_replicates_slhmc) == (3, 3)
+    w1 = [np.mean([wasserstein_distance(np.concatenate(r), np.concatenate(ref)) for r in arm]) for arm in (cand, slhmc)]
+    assert d.delta == pytest.approx(w1[0] - w1[1], rel=1e-12)
+    assert d.resolved and d.low <= 0.2 <= d.high
+    u = st._distance_difference(cand, slhmc, ref, iat=None, n_bootstrap=400, confidence=0.95, seed=1, paired=False)
+    assert u.delta == d.delta
+    assert 1.5 < (u.high - u.low) / (d.high - d.low) < 2.6
+    # the same data with slhmc as the candidate: the difference changes sign, still resolved
+    flipped = st.paired_distance_difference(slhmc, cand, ref, n_bootstrap=400, seed=1)
+    assert flipped.delta == pytest.approx(-d.delta, rel=1e-12) and flipped.resolved and flipped.high < 0
+
+
+def test_paired_difference_rejects_bad_input():
+    ref = [np.zeros(10) + np.arange(10)]
+    with pytest.raises(ValueError, match="candidate"):
+        st.paired_distance_difference([], [ref], ref)
+    with pytest.raises(ValueError, match="values per draw"):
+        st.paired_distance_difference([[np.ones((10, 2))]], [ref], ref)
 
 
 def test_block_length_and_variance_ratio_closed_forms():
