@@ -13,7 +13,7 @@ The package reads as the method: physics at the top, then its four steps, the ap
   and the wrappers; ``pyscf_target``, ``ase_target``, ``potential_target``; ``judge``: retries and
   failure policy; ``store``: the label store; ``dispatch``: executors);
 - learn: ``finetune/`` (optax fine-tuning, one job per module);
-- compare: ``analysis/`` (``observables``, ``statistics``, ``diagnostics``, ``report``,
+- compare: ``analysis/`` (``observables``, ``statistics``, ``verdict``, ``diagnostics``, ``report``,
   ``run_directory``, ``figures``);
 - application: ``app/`` (``config``, ``workflow``, ``validate``, ``cli``).
 

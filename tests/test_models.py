@@ -23,6 +23,8 @@ MODEL_CASES = {
     "nequip": dict(cutoff=4.0, hidden_irreps="8x0e+4x1o+2x2e", n_layers=2, n_basis=6, radial_hidden=(8,), species_energies_eV=(-1.0, -2.0, -3.0)),
     "lennard_jones": dict(epsilon_eV=0.05, sigma_A=0.9, cutoff_A=4.0),
     "mace": dict(hidden_irreps="8x0e+8x1o", r_max=4.0, max_ell=2, correlation=2, num_interactions=2, MLP_irreps="4x0e", radial_MLP=(8, 8)),
+    "nequix": dict(cutoff=4.0, hidden_irreps="8x0e+4x1o+2x2e", lmax=2, n_layers=2, radial_basis_size=6, radial_mlp_size=8,
+                   radial_mlp_layers=1, avg_n_neighbors=12.0, atom_energies_eV=(-1.0, -2.0, -3.0)),
 }
 
 

@@ -7,7 +7,11 @@ reference with moving-block bootstrap intervals, the importance-weight ESS of tr
 carry source energies, and the sampler's diagnostics (:mod:`slhmc_jax.analysis.diagnostics`).
 :func:`write_report` renders it:
 
-- ``report.json``: ``arms.<arm>.wasserstein.<observable> = [W1, ci_low, ci_high]`` (the unit
+- ``report.json``: ``verdict`` (sentences) and ``comparison.<control>-slhmc.<observable> =
+  [delta, low, high]`` (:mod:`slhmc_jax.analysis.verdict`: paired bootstrap over replicates and frame
+  blocks of W1(control) - W1(slhmc), ``comparison_details``: resolved, replicates);
+  ``arms.<arm>.replicates``, ``arms.<arm>.target_calls = {energy, forces}`` (``metadata.budgets``);
+  ``arms.<arm>.wasserstein.<observable> = [W1, ci_low, ci_high]`` (the unit
   is in the observable's name: ``nn_Ti-O_A`` in A, ``volume_A3`` in A^3, ``c_over_a`` none),
   ``arms.<arm>.rdf_distance.<a-b> = [D, ci_low, ci_high]`` (int |g_arm - g_ref| dr, A),
   ``arms.<arm>.means``, ``arms.<arm>.importance_ess``, ``reference`` (``reference.ess`` /
@@ -21,7 +25,7 @@ carry source energies, and the sampler's diagnostics (:mod:`slhmc_jax.analysis.d
 - ``figures/*.png`` (matplotlib's Agg canvas, no display): RDF overlays per pair, nearest-
   neighbour distance histograms, cell-metric histograms (NPT), acceptance and target-energy
   traces per chain, the ML-trajectory energy-error histogram;
-- ``report.md``: the warnings first (before any table), the tables (distances with intervals per
+- ``report.md``: the verdict in words first, then the warnings (before any table), the tables (distances with intervals per
   arm and observable, means, sampler diagnostics), the target audit, the figures embedded, and
   the provenance last.
 """
@@ -41,6 +45,7 @@ from slhmc_jax.analysis.formatting import formula, json_safe, symbol
 from slhmc_jax.analysis.provenance import provenance
 from slhmc_jax.analysis.report_markdown import report_markdown
 from slhmc_jax.analysis.report_warnings import diagnostic_warnings, reference_statistics
+from slhmc_jax.analysis.verdict import verdict
 from slhmc_jax.analysis.run_directory import (
     Arm,
     RunData,
@@ -91,9 +96,15 @@ class Distance:
     value: float
     ci_low: float
     ci_high: float
+    form: str = "two-sided"  # or "upper bound": unresolved from 0, ci_low = 0 (statistics.DistanceInterval)
 
     def as_list(self) -> list:
         return [self.value, self.ci_low, self.ci_high]
+
+
+def _distance(interval) -> Distance:
+    """A :class:`Distance` from a :class:`slhmc_jax.analysis.statistics.DistanceInterval`."""
+    return Distance(float(interval.value), float(interval.low), float(interval.high), interval.form)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,6 +184,7 @@ class Analysis:
     reference_stats: dict = dataclasses.field(default_factory=dict)  # observable -> ChainStatistics | None
     warnings: tuple = ()  # of report_warnings.DiagnosticWarning, most serious first
     provenance: dict = dataclasses.field(default_factory=dict)
+    verdict: object = None  # analysis.verdict.Verdict, or None without an slhmc arm and a control
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,8 +305,8 @@ def analyze(run: RunData, settings: ReportSettings = ReportSettings()) -> Analys
     arms = []
     for arm in run.arms:
         samples, _ = _observe(arm.frames, rdf_pairs, nn_pairs, k, r_max, settings.n_bins, with_cells)
-        w = {o.name: Distance(*stats.wasserstein(reference.scalars[o.name], samples.scalars[o.name], **boot)) for o in observables}
-        d = {p: Distance(*stats.rdf_distance(reference.rdf[p], samples.rdf[p], r, **boot)) for p in reference.rdf}
+        w = {o.name: _distance(stats.wasserstein(reference.scalars[o.name], samples.scalars[o.name], **boot)) for o in observables}
+        d = {p: _distance(stats.rdf_distance(reference.rdf[p], samples.rdf[p], r, **boot)) for p in reference.rdf}
         means = {o.name: float(np.mean(np.concatenate(samples.scalars[o.name]))) for o in observables}
         ess = None
         if arm.training is not None and run.temperature_K:
@@ -306,41 +318,51 @@ def analyze(run: RunData, settings: ReportSettings = ReportSettings()) -> Analys
     stored = run.metadata.get("provenance") if isinstance(run.metadata, dict) else None
     # the run's own record where the caller stored one, else this process's (no config hash)
     prov = {"recorded": "run", **stored} if isinstance(stored, dict) else {"recorded": "report", **provenance()}
+    paired = verdict(run, nn_pairs, k, **boot) if nn_pairs else None
     return Analysis(run, resolved, rdf_pairs, nn_pairs, tuple(observables), r, reference, tuple(arms), sampler,
-                    ref_stats, diagnostic_warnings(run, sampler, ref_stats), prov)
+                    ref_stats, diagnostic_warnings(run, sampler, ref_stats), prov, paired)
 
 
 # ----------------------------------------------------------------------------------------
 # report.json
 
 
+def _sampler_dict(s: SamplerSummary | None) -> dict | None:
+    """report.json's ``sampler``: the reference run's acceptance, ESS, R-hat, calls and ML energy errors."""
+    if s is None:
+        return None
+    err = s.ml_energy_error
+    return {
+        "n_chains": s.n_chains,
+        "n_steps": s.n_steps,
+        "acceptance": s.acceptance,
+        "acceptance_per_chain": list(s.acceptance_per_chain),
+        "target_energy_ess": s.ess,
+        "target_energy_iat_steps": s.iat,
+        "target_energy_rhat": s.rhat,
+        "ess_per_target_call": s.ess_per_target_call,
+        "n_target_calls": s.target_evaluations,
+        "n_judged": s.judged,
+        "ml_energy_error_eV": None
+        if err is None
+        else {"n": err.n, "n_non_finite": err.n_non_finite, "mean": err.mean, "std": err.std, "mean_abs": err.mean_abs,
+              "quantiles": {str(q): v for q, v in err.quantiles.items()}},
+    }
+
+
 def report_dict(analysis: Analysis, figures=()) -> dict:
     """The content of report.json (structure in the module docstring)."""
     run = analysis.run
     ref_all = {o.name: np.concatenate(analysis.reference.scalars[o.name]) for o in analysis.observables}
-    sampler = None
-    if analysis.sampler is not None:
-        s = analysis.sampler
-        err = s.ml_energy_error
-        sampler = {
-            "n_chains": s.n_chains,
-            "n_steps": s.n_steps,
-            "acceptance": s.acceptance,
-            "acceptance_per_chain": list(s.acceptance_per_chain),
-            "target_energy_ess": s.ess,
-            "target_energy_iat_steps": s.iat,
-            "target_energy_rhat": s.rhat,
-            "ess_per_target_call": s.ess_per_target_call,
-            "n_target_calls": s.target_evaluations,
-            "n_judged": s.judged,
-            "ml_energy_error_eV": None
-            if err is None
-            else {"n": err.n, "n_non_finite": err.n_non_finite, "mean": err.mean, "std": err.std, "mean_abs": err.mean_abs,
-                  "quantiles": {str(q): v for q, v in err.quantiles.items()}},
-        }
+    replicates = {a.name: a.n_replicates for a in run.arms}
+    budgets = run.metadata.get("budgets", {}) if isinstance(run.metadata, dict) else {}
+    sampler = _sampler_dict(analysis.sampler)
     out = {
         "format": "slhmc-report",
         "version": 1,
+        "verdict": [] if analysis.verdict is None else analysis.verdict.sentences(),
+        "comparison": {} if analysis.verdict is None else analysis.verdict.as_dict(),
+        "comparison_details": {} if analysis.verdict is None else analysis.verdict.details(),
         "warnings": [w.as_dict() for w in analysis.warnings],
         "system": {
             "formula": formula(run.reference.atomic_numbers),
@@ -371,6 +393,8 @@ def report_dict(analysis: Analysis, figures=()) -> dict:
                 "rdf_distance": {k: d.as_list() for k, d in a.rdf_distance.items()},
                 "means": a.means,
                 "importance_ess": a.importance_ess,
+                "replicates": replicates.get(a.name, 1),
+                "target_calls": budgets.get(a.name, {}).get("target_calls"),
             }
             for a, _ in analysis.arms
         },

@@ -13,6 +13,21 @@ from slhmc_jax.analysis.formatting import formula, table_number
 from slhmc_jax.analysis.report_warnings import AUDIT_MAX_KT, warnings_markdown
 
 
+def verdict_markdown(verdict) -> list[str]:
+    """The report's opening lines: the paired verdict in words (:mod:`slhmc_jax.analysis.verdict`)."""
+    if verdict is None:
+        return ["No verdict: the run has no slhmc arm to compare a control with.", ""]
+    return [*verdict.sentences(), ""]
+
+
+def distance_cell(d) -> str:
+    """A distance and its interval: "W1 [low, high]", or "W1 (<= high)" where the interval is an upper
+    bound (not resolved from 0; :class:`slhmc_jax.analysis.statistics.DistanceInterval`)."""
+    if getattr(d, "form", "two-sided") == "upper bound":
+        return f"{table_number(d.value, 3)} (<= {table_number(d.ci_high, 3)})"
+    return f"{table_number(d.value, 3)} [{table_number(d.ci_low, 3)}, {table_number(d.ci_high, 3)}]"
+
+
 def report_markdown(analysis, figures=()) -> str:
     """report.md of an :class:`slhmc_jax.analysis.report.Analysis`: summary, distance tables per arm and
     observable, sampler diagnostics, and ``figures`` ((path, title), ...) embedded."""
@@ -22,6 +37,7 @@ def report_markdown(analysis, figures=()) -> str:
     lines = [
         f"# SLHMC report: {formula(ref.atomic_numbers)}",
         "",
+        *verdict_markdown(getattr(analysis, "verdict", None)),
         *warnings_markdown(getattr(analysis, "warnings", ())),
         f"- system: {ref.n_atoms} atoms, pbc {[bool(p) for p in ref.pbc]}; ensemble {run.ensemble.upper()}"
         + (f", {run.temperature_K:g} K" if run.temperature_K else "")
@@ -34,7 +50,7 @@ def report_markdown(analysis, figures=()) -> str:
     ]
     if analysis.arms:
         lines += [
-            f"## Distances to the target reference ({conf}% moving-block bootstrap intervals)",
+            f"## Distances to the target reference ({conf}% circular-block bootstrap intervals; \"<= x\": an upper bound, the distance is not resolved from 0)",
             "",
             "Wasserstein distance W1 of each observable's distribution (unit of the observable) and, for the RDFs, "
             "int |g_arm - g_ref| dr (A). Smaller is closer to the target.",
@@ -43,12 +59,10 @@ def report_markdown(analysis, figures=()) -> str:
             "| --- | " + " | ".join("---" for _ in analysis.arms) + " |",
         ]
         for o in analysis.observables:
-            cells = [f"{table_number(a.wasserstein[o.name].value, 3)} [{table_number(a.wasserstein[o.name].ci_low, 3)}, {table_number(a.wasserstein[o.name].ci_high, 3)}]"
-                     for a, _ in analysis.arms]
+            cells = [distance_cell(a.wasserstein[o.name]) for a, _ in analysis.arms]
             lines.append(f"| W1 {o.name} ({o.unit or 'dimensionless'}) | " + " | ".join(cells) + " |")
         for p in analysis.reference.rdf:
-            cells = [f"{table_number(a.rdf_distance[p].value, 3)} [{table_number(a.rdf_distance[p].ci_low, 3)}, {table_number(a.rdf_distance[p].ci_high, 3)}]"
-                     for a, _ in analysis.arms]
+            cells = [distance_cell(a.rdf_distance[p]) for a, _ in analysis.arms]
             lines.append(f"| RDF {p} (A) | " + " | ".join(cells) + " |")
         lines += ["", "## Means", "", "| observable | target reference | " + " | ".join(a.name for a, _ in analysis.arms) + " |",
                   "| --- | --- | " + " | ".join("---" for _ in analysis.arms) + " |"]

@@ -4,10 +4,12 @@ Layout (``format = "slhmc-run"``, ``version = 1``)::
 
     RUN_DIR/
       manifest.json              what is stored, written last (a directory without it is incomplete)
-      reference.npz              the target reference: the SLHMC production samples (exact draws of
-                                 the target distribution)
+      reference.npz              the target reference: SLHMC production samples (exact draws of
+                                 the target distribution; the workflow's own reference run)
       sampler.npz                optional: sampler traces of the reference run
-      arms/<arm>.npz             evaluation frames of each arm (foundation, relabel, slhmc, ...)
+      arms/<arm>.npz             evaluation frames of each arm (foundation, relabel, slhmc, ...),
+                                 its replicate 0
+      arms/<arm>.replicate_<i>.npz   optional: the evaluation frames of replicate i >= 1
       arms/<arm>.training.npz    optional: target and source energies of the arm's training set
       report.json, report.md, figures/*.png      written by ``slhmc analyze RUN_DIR``
 
@@ -16,8 +18,12 @@ Layout (``format = "slhmc-run"``, ``version = 1``)::
     {"format": "slhmc-run", "version": 1,
      "temperature_K": 300.0, "ensemble": "nvt" | "npt", "pressure_GPa": null,
      "reference": "reference.npz", "sampler": "sampler.npz" | null,
-     "arms": {"<arm>": {"frames": "arms/<arm>.npz", "training_energies": "arms/<arm>.training.npz" | null}},
+     "arms": {"<arm>": {"frames": "arms/<arm>.npz", "replicates": ["arms/<arm>.npz", ...],
+                        "training_energies": "arms/<arm>.training.npz" | null}},
      "metadata": {...}}            free-form JSON (config, time breakdown), copied into report.json
+
+``replicates`` (optional; absent in directories written before it: one replicate, ``frames``)
+lists every replicate's frame file, replicate 0 first (the same file as ``frames``).
 
 Frame files: a :class:`slhmc_jax.sampler.trajectory.Trajectory` saved by its ``save``: ``.npz``
 with ``positions`` (n_chains, n_frames, n_atoms, 3) A, ``cells`` (n_chains, n_frames, 3, 3) A,
@@ -191,15 +197,40 @@ class TrainingEnergies:
 
 @dataclasses.dataclass(frozen=True)
 class Arm:
-    """One arm's evaluation frames (and, optionally, its training set's energies)."""
+    """One arm's evaluation frames, replicate by replicate (and, optionally, its training set's energies).
+
+    Attributes:
+        name: letters, digits, '_', '-' or '.' (it names files).
+        replicates: the evaluation frames of each replicate (an independent fine-tuning and
+            evaluation sampling), one :class:`Trajectory` each; a single Trajectory is one replicate.
+        training: target and source energies of replicate 0's training set, or None.
+    """
 
     name: str
-    frames: Trajectory
+    replicates: tuple
     training: TrainingEnergies | None = None
 
     def __post_init__(self):
         if not _ARM_NAME.match(self.name):
             raise ValueError(f"arm name {self.name!r} must be letters, digits, '_', '-' or '.' (it names files)")
+        reps = (self.replicates,) if isinstance(self.replicates, Trajectory) else tuple(self.replicates)
+        if not reps or not all(isinstance(r, Trajectory) for r in reps):
+            raise ValueError(f"arm {self.name!r}: replicates must be one or more Trajectory objects")
+        first = reps[0]
+        for i, r in enumerate(reps[1:], 1):
+            if r.n_atoms != first.n_atoms or not np.array_equal(r.atomic_numbers, first.atomic_numbers) or \
+                    not np.array_equal(r.pbc, first.pbc):
+                raise ValueError(f"arm {self.name!r}: replicate {i} holds other atoms (or pbc) than replicate 0")
+        object.__setattr__(self, "replicates", reps)
+
+    @property
+    def frames(self) -> Trajectory:
+        """Replicate 0's evaluation frames (what a single-replicate analysis reads)."""
+        return self.replicates[0]
+
+    @property
+    def n_replicates(self) -> int:
+        return len(self.replicates)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,8 +373,10 @@ def write_run_directory(path, run: RunData) -> Path:
     write_frames(root / "reference.npz", run.reference)
     arms = {}
     for arm in run.arms:
-        entry = {"frames": f"arms/{arm.name}.npz", "training_energies": None}
-        write_frames(root / entry["frames"], arm.frames)
+        replicates = [f"arms/{arm.name}.npz"] + [f"arms/{arm.name}.replicate_{i}.npz" for i in range(1, arm.n_replicates)]
+        entry = {"frames": replicates[0], "replicates": replicates, "training_energies": None}
+        for name, frames in zip(replicates, arm.replicates):
+            write_frames(root / name, frames)
         if arm.training is not None:
             entry["training_energies"] = f"arms/{arm.name}.training.npz"
             write_npz(root / entry["training_energies"], energies_target_eV=arm.training.energies_target_eV,
@@ -395,7 +428,8 @@ def read_run_directory(path) -> RunData:
         if entry.get("training_energies"):
             with np.load(root / entry["training_energies"], allow_pickle=False) as data:
                 training = TrainingEnergies(data["energies_target_eV"], data["energies_source_eV"])
-        arms.append(Arm(name, read_frames(root / entry["frames"]), training))
+        replicates = entry.get("replicates") or [entry["frames"]]  # run directories before replicates: one
+        arms.append(Arm(name, tuple(read_frames(root / p) for p in replicates), training))
     sampler = None
     if manifest.get("sampler"):
         sampler = read_trace(root / manifest["sampler"])

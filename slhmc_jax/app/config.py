@@ -11,6 +11,7 @@ an impossible value raises :class:`ConfigError` naming the table, the key and wh
     [finetune]    FinetuneSettings the recipe shared by every arm (slhmc_jax.finetune)
     [relabel]     RelabelConfig    the relabel control: sampling of the base model's distribution
     [evaluation]  EvaluationConfig the sampling of each arm's model and the observables
+    [reference]   ReferenceConfig  the independent target reference (an SLHMC run sized by ESS)
     [cost]        CostConfig       seconds per target call, for ``--dry-run`` estimates
 
 ``slhmc validate`` reads the same tables plus ``[validate]`` (:class:`ValidateConfig`, the direct
@@ -64,8 +65,11 @@ def _check(obj, table: str) -> FieldCheck:
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """iterations: self-learning iterations (SLHMC run -> fine-tune) of the slhmc arm (>= 1).
-    arms: the arms to build and compare (the slhmc production samples are the reference, always run).
-    seed: seeds every arm (the sampler and fine-tuning seeds are offset from it per phase).
+    arms: the arms to build and compare (the slhmc iterations always run: they train the reference's proposal).
+    seed: seeds every arm (the sampler and fine-tuning seeds are offset from it per phase and replicate).
+    replicates: fine-tunings and evaluation samplings of every arm, each with its own seeds (>= 1,
+        < 1000); the relabel arm draws and labels (target calls) a training set per replicate; the
+        slhmc arm's replicates share its frames (a new set would repeat the whole self-learning loop).
     labels: "forces" (the target computes forces at every SLHMC proposal: every stored row is a
         training label) or "accepted" (energies only while sampling; forces afterwards for the
         states trained on; cheaper when forces cost much more than energies or acceptance is low)
@@ -77,10 +81,13 @@ class RunConfig:
     arms: tuple[str, ...] = ARMS
     seed: int = 0
     labels: str = "forces"
+    replicates: int = 1
 
     def __post_init__(self):
         check = _check(self, "run")
-        check.integer("iterations", 1, expected=">= 1")
+        for key in ("iterations", "replicates"):  # < 1000: they offset phase seeds, which are 1000 apart
+            check.integer(key, 1, expected=">= 1")
+            check.require(getattr(self, key) < 1000, key, "< 1000")
         check.choice("labels", ("forces", "accepted", "energy"), expected="'forces', 'accepted' or 'energy'")
         bad = [a for a in self.arms if a not in ARMS]
         check.require(not bad and bool(self.arms) and len(set(self.arms)) == len(self.arms), "arms",
@@ -227,10 +234,9 @@ class EvaluationConfig(ModelSampling):
     """Each arm's final model sampled on its own (:class:`ModelSampling`, ``n_steps`` recorded
     steps), and what is measured against the target reference.
 
-    reference: the target reference: "last" (the production samples of the last SLHMC iteration,
-        proposed by the best model, so the best mixed) or "all" (every iteration's, pooled: exact
-        draws too, but the first iteration's chains start from the start structure with the
-        foundation proposing and may not have forgotten it).
+    reference: "independent" (its own SLHMC run, [reference], never trained on) or, circular (in the
+        slhmc arm's training set), kept to compare with earlier runs: "last" (the production samples
+        of the last SLHMC iteration) or "all" (every iteration's, pooled).
     pairs: element pairs for nearest-neighbour distances and RDFs, e.g. [["Ti", "O"]].
     k: nearest neighbours per atom of pair[0] (the Ti-O octahedron: 6; a TiO2 molecule: 2).
     r_max_A, n_bins: RDF range (A; default 6 A for a crystal, for a molecule the largest distance the
@@ -239,7 +245,7 @@ class EvaluationConfig(ModelSampling):
 
     TABLE = "evaluation"
     n_steps: int = 200
-    reference: str = "last"
+    reference: str = "independent"
     pairs: tuple[tuple[str, ...], ...] = (("Ti", "O"),)
     k: int = 6
     r_max_A: float | None = None
@@ -252,9 +258,36 @@ class EvaluationConfig(ModelSampling):
         for key in ("n_steps", "k", "n_bins", "n_bootstrap"):
             check.integer(key, 1, expected=">= 1")
         check.number("r_max_A", 0.0, lo_open=True, optional=True, expected="> 0 A")
-        check.choice("reference", ("last", "all"), expected="'last' or 'all'")
+        check.choice("reference", ("independent", "last", "all"), expected="'independent', 'last' or 'all'")
         check.require(bool(self.pairs) and all(len(p) == 2 for p in self.pairs), "pairs",
                       "a list of [element, element] pairs")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceConfig(ModelSampling):
+    """The target reference ([evaluation] reference = "independent"): an SLHMC run of its own, never
+    trained on, the slhmc arm's final model proposing, the target judging (energies only), from
+    [system]'s structure with its own seed, sized by effective sample size (slhmc_jax.app.reference).
+
+    n_chains, warmup_steps, burn_in_steps, trajectory_steps, timestep_fs (fs): as in [sampler].
+    min_ess: effective draws wanted of each [evaluation] pair's per-frame mean nearest-neighbour
+        distance and of the target energy (> 0). chunk_steps: recorded steps per chain of the first
+        stretch and of each extension (>= 4). max_steps: recorded steps per chain at most (>=
+        chunk_steps): the run stops there, naming the observables short of min_ess.
+    """
+
+    TABLE = "reference"
+    min_ess: float = 200.0
+    chunk_steps: int = 50
+    max_steps: int = 400
+
+    def __post_init__(self):
+        super().__post_init__()
+        check = _check(self, "reference")
+        check.number("min_ess", 0.0, lo_open=True, expected="> 0")
+        for key in ("chunk_steps", "max_steps"):
+            check.integer(key, 4, expected=">= 4")
+        check.require(self.max_steps >= self.chunk_steps, "max_steps", f">= chunk_steps ({self.chunk_steps})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,6 +367,7 @@ class WorkflowConfig:
     relabel: RelabelConfig
     evaluation: EvaluationConfig
     cost: CostConfig
+    reference: ReferenceConfig = ReferenceConfig()
     source: str = "<defaults>"
 
 
@@ -347,7 +381,7 @@ def _tables():
 
     return {"run": RunConfig, "system": SystemConfig, "model": ModelConfig, "target": TargetConfig,
             "sampler": SamplerSettings, "finetune": FinetuneSettings, "relabel": RelabelConfig,
-            "evaluation": EvaluationConfig, "cost": CostConfig}
+            "evaluation": EvaluationConfig, "reference": ReferenceConfig, "cost": CostConfig}
 
 
 # keys a table does not take from the file (the workflow sets them)

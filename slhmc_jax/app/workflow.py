@@ -12,9 +12,13 @@ For a config (:mod:`slhmc_jax.app.config`) and a run directory:
    model was trained on, labelled by the same target, fine-tuned with the same recipe: the two
    arms differ only in where their configurations come from.
 3. foundation arm: the foundation unchanged.
-4. evaluation: each arm's final model sampled on its own (its exact Boltzmann distribution);
-   observables against the target reference (the SLHMC production samples), Wasserstein
-   distances with intervals, the importance-weight ESS of the relabel set; the report.
+4. reference: an SLHMC run of its own (the final slhmc model proposes, the target judges, energies
+   only, own seed, own label store, from the start structure), never trained on, extended until
+   every evaluation observable has [reference] min_ess effective draws (:mod:`slhmc_jax.app.reference`).
+5. evaluation: each arm's final model sampled on its own (its exact Boltzmann distribution), once
+   per [run] replicate (own fine-tuning and sampling seeds; relabel: its own training set);
+   observables against the reference, Wasserstein distances with intervals, the importance-weight
+   ESS of the relabel set, the budgets (target calls per arm); the report.
 
 Run directory::
 
@@ -24,8 +28,10 @@ Run directory::
                                    file: slhmc_jax.sampler.trajectory) and trace.npz (their sampler traces)
     RUN_DIR/finetune/<model>/      fine-tuning checkpoints, metrics, learning curve
     RUN_DIR/models/<model>.*       models: params (.params.pkl), MACE native (.npz) and mace-torch (.model)
-    RUN_DIR/relabel/               the foundation's own samples and the relabel set
-    RUN_DIR/evaluation/<arm>/      each arm's model sampled on its own
+    RUN_DIR/relabel/               the foundation's own samples (replicate i >= 1: relabel_r<i>/)
+    RUN_DIR/reference/             the reference run: checkpoint, labels.sqlite, samples.npz, ess.json
+    RUN_DIR/evaluation/<arm>/      each arm's model sampled on its own (replicate i >= 1: <arm>_r<i>/)
+    RUN_DIR/target_seconds.json    wall seconds of target batches per arm (the budgets)
     RUN_DIR/manifest.json, reference.npz, sampler.npz, arms/   the analysis inputs (slhmc_jax.analysis.run_directory)
     RUN_DIR/report.json, report.md, figures/                   the report
     RUN_DIR/timings.json           seconds per phase (target DFT, ML sampling, training, analysis)
@@ -50,10 +56,12 @@ import numpy as np
 
 from slhmc_jax.analysis import run_directory as rd
 from slhmc_jax.app import config as cfg
+from slhmc_jax.app.plan import Plan, plan  # noqa: F401  (slhmc run --dry-run calls workflow.plan)
 from slhmc_jax.app.run_files import claim_run_directory, load_model, save_model
 from slhmc_jax.files import write_json
 from slhmc_jax.sampler.trajectory import Trajectory
 
+AUDIT_CONFIGURATIONS = 8  # stored states the target audit re-evaluates (issue 27: one cold call each)
 PROMOTED_METADATA = ("time_breakdown_s", "iterations", "dft_calls")
 
 
@@ -83,18 +91,19 @@ def build_structure(system: cfg.SystemConfig):
         raise cfg.ConfigError(f"[system] path: no file at {system.path}") from None
 
 
-def build_target(target: cfg.TargetConfig):
-    """The Target the config describes (dispatched to workers if asked)."""
+def build_target(target: cfg.TargetConfig, compute_forces: bool = True):
+    """The Target the config describes (dispatched to workers if asked); energies only unless
+    ``compute_forces``."""
     if target.code == "ase":
         from slhmc_jax.targets import ASETarget
 
-        return ASETarget(_ase_calculator(target), compute_forces=True)
+        return ASETarget(_ase_calculator(target), compute_forces=compute_forces)
     from slhmc_jax.targets import PySCFTarget
 
     t = PySCFTarget(xc=target.xc, basis=target.basis, pseudo=target.pseudo, kpts=target.kpts, charge=target.charge,
                     spin=target.spin, conv_tol=target.conv_tol_Ha, max_cycle=target.max_cycle,
                     grids_level=target.grids_level, ke_cutoff_Ha=target.ke_cutoff_Ha, multigrid=target.multigrid,
-                    density_fit=target.density_fit, device=target.device, compute_forces=True)
+                    density_fit=target.density_fit, device=target.device, compute_forces=compute_forces)
     if target.dispatch == "serial":
         return t
     from slhmc_jax.targets.dispatch import DispatchedTarget, dask_executor
@@ -121,20 +130,25 @@ def _ase_calculator(target: cfg.TargetConfig):
         raise cfg.ConfigError(f"[target] parameters: {err}") from None
 
 
+PHASE_SEEDS = {"slhmc": 0, "relabel": 1000, "evaluation": 2000, "reference": 3000}
+
+
 def sampler_settings(config: cfg.WorkflowConfig, phase: str, **overrides):
-    """The SamplerSettings of a phase: [sampler] with a phase seed and the phase's own overrides."""
-    seeds = {"slhmc": 0, "relabel": 1000, "evaluation": 2000}
+    """The SamplerSettings of a phase: [sampler] with a phase seed and the phase's own overrides.
+
+    Seeds: [run] seed + [sampler] seed + the phase's (PHASE_SEEDS, 1000 apart) + ``offset`` (the
+    slhmc iteration, or the replicate of relabel and evaluation sampling; < 1000, [run] checks it),
+    so no two phases share one."""
+    seeds = PHASE_SEEDS
     base = config.sampler
     return dataclasses.replace(base, seed=config.run.seed + base.seed + seeds[phase.split(":")[0]] + overrides.pop("offset", 0),
                                **overrides)
 
 
-# ----------------------------------------------------------------------------------------
-# time accounting
-
-
-# ----------------------------------------------------------------------------------------
-# time accounting
+def replicate_name(base: str, replicate: int) -> str:
+    """The file or directory name of a replicate: ``base`` for replicate 0 (the names of a run
+    without replicates), ``base_r<i>`` for replicate i."""
+    return base if replicate == 0 else f"{base}_r{replicate}"
 
 
 class Timings:
@@ -142,9 +156,9 @@ class Timings:
 
     CATEGORIES = ("target_dft", "ml_sampling", "training", "analysis")
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, categories=CATEGORIES):
         self.path = path
-        self.seconds = {c: 0.0 for c in self.CATEGORIES}
+        self.seconds = {c: 0.0 for c in categories}
         if path.exists():
             self.seconds.update(json.loads(path.read_text()))
 
@@ -204,69 +218,67 @@ class SlhmcArm(NamedTuple):
     training_sizes: list
 
 
-def run_data(config: cfg.WorkflowConfig, runs: list, arms: dict, relabel_energies, metadata: dict) -> rd.RunData:
-    """What the report analyses: the target reference (the last SLHMC iteration's production samples,
-    or all iterations' pooled: [evaluation] reference), its traces, each arm's own samples."""
-    pooled = runs if config.evaluation.reference == "all" else runs[-1:]
-    reference = rd.join_frames([r.frames for r in pooled])
+class RelabelReplicate(NamedTuple):
+    """One replicate of the relabel arm: its model, its training set (distinct configurations with
+    target labels), their (target, source) energies, eV, and their store keys."""
+
+    model: object
+    training_set: list
+    energies: tuple
+    keys: list
+
+
+def run_data(config: cfg.WorkflowConfig, runs: list, arms: dict, relabel_energies, metadata: dict,
+             reference=None) -> rd.RunData:
+    """What the report analyses: the target reference (``reference``, the independent run, or with
+    [evaluation] reference = "last" / "all" the slhmc iterations' production samples), its traces,
+    each arm's own samples (``arms``: {arm: [SampledRun per replicate]})."""
+    if reference is not None:
+        frames, trace = reference.frames, reference.trace
+    else:
+        pooled = runs if config.evaluation.reference == "all" else runs[-1:]
+        frames, trace = rd.join_frames([r.frames for r in pooled]), runs[-1].trace
     arm_list = []
-    for name, r in arms.items():
+    for name, replicates in arms.items():
         training = None
         if name == "relabel" and relabel_energies is not None:
             training = rd.TrainingEnergies(*relabel_energies)
-        arm_list.append(rd.Arm(name, r.frames, training))
+        arm_list.append(rd.Arm(name, tuple(r.frames for r in replicates), training))
     s = config.sampler
-    return rd.RunData(reference=reference, arms=tuple(arm_list), sampler=runs[-1].trace, temperature_K=s.temperature_K,
+    return rd.RunData(reference=frames, arms=tuple(arm_list), sampler=trace, temperature_K=s.temperature_K,
                       ensemble="nvt" if s.ensemble == "nvt" else "npt", pressure_GPa=s.pressure_GPa, metadata=metadata)
+
+
+def budgets(store, slhmc: SlhmcArm, relabel: list, seconds: dict) -> dict:
+    """Per arm, what its training data cost: target calls (``energy``: configurations whose energy the
+    target computed; ``forces``: those whose forces it computed: under [run] labels = "forces" one call
+    gives both), the wall seconds of its target batches (with dispatch, workers' CPU is up to
+    workers x that), and its unique training configurations (both arms de-duplicated by store key,
+    per replicate for relabel). The label store holds exactly the slhmc arm's and the relabel arm's
+    results (the reference has its own), one row per configuration paid for."""
+    rows = store.rows()
+    n_forces = sum(1 for r in rows if r[5] != "null")
+    relabel_keys = {k for rep in relabel for k in rep.keys}
+    relabel_forces = sum(1 for k in relabel_keys if (r := store.get_by_key(k)) is not None and r.forces_eV_A is not None)
+    out = {"slhmc": {"target_calls": {"energy": len(rows) - len(relabel_keys), "forces": n_forces - relabel_forces},
+                     "target_wall_s": round(seconds.get("slhmc", 0.0), 2),
+                     "unique_training_configurations": [len(slhmc.training_set)]},
+           "foundation": {"target_calls": {"energy": 0, "forces": 0}, "target_wall_s": 0.0,
+                          "unique_training_configurations": [0]}}
+    if relabel:
+        out["relabel"] = {"target_calls": {"energy": len(relabel_keys), "forces": relabel_forces},
+                          "target_wall_s": round(seconds.get("relabel", 0.0), 2),
+                          "unique_training_configurations": [len(set(rep.keys)) for rep in relabel]}
+    return out
 
 
 # ----------------------------------------------------------------------------------------
 # the workflow
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """Target calls each phase makes at most (``--dry-run``) and their cost."""
-
-    calls: dict
-    seconds_per_call: float
-    workers: int
-
-    @property
-    def total_calls(self) -> int:
-        return int(sum(self.calls.values()))
-
-    @property
-    def estimated_seconds(self) -> float:
-        return self.total_calls * self.seconds_per_call / self.workers
-
-    def describe(self) -> str:
-        lines = [f"  {k:<28s} <= {v:7d} target calls" for k, v in self.calls.items()]
-        h = self.estimated_seconds / 3600
-        lines.append(f"  {'total':<28s} <= {self.total_calls:7d} target calls x {self.seconds_per_call:g} s "
-                     f"/ {self.workers} worker(s) = {self.estimated_seconds:.0f} s ({h:.2f} h)")
-        return "\n".join(lines)
-
-
-def plan(config: cfg.WorkflowConfig) -> Plan:
-    """Upper bounds of the target calls of every phase (each production state may be a new label)."""
-    s = config.sampler
-    n_burn = s.n_burn_in
-    calls = {}
-    n_train = 0
-    for k in range(config.run.iterations):
-        calls[f"slhmc iteration {k}"] = s.n_chains * (s.warmup_steps + n_burn + s.n_steps) + (1 if k == 0 else 0)
-        n_train += s.n_chains * s.n_steps
-    if config.run.labels == "accepted":
-        calls["forces of the SLHMC states"] = n_train
-    if "relabel" in config.run.arms:
-        calls["relabel labels"] = n_train
-    workers = config.target.workers if config.target.dispatch != "serial" else 1
-    return Plan(calls, config.cost.seconds_per_call, workers)
-
-
-class Workflow:
-    """One run of the workflow in a run directory (see the module docstring)."""
+class WorkflowPhases:
+    """What every phase of a run shares: the run directory, the config, the target (timed per arm),
+    the label store, resumable sampling, labelling and fine-tuning (:class:`Workflow` runs the phases)."""
 
     def __init__(self, config: cfg.WorkflowConfig, run_dir, *, foundation=None, target=None, progress: bool = True):
         from slhmc_jax.targets import as_target, timed
@@ -277,11 +289,18 @@ class Workflow:
         self.progress = progress
         claim_run_directory(self.dir, cfg.to_toml(config), "a run")
         self.timings = Timings(self.dir / "timings.json")
+        self.target_seconds = Timings(self.dir / "target_seconds.json", categories=())  # per arm, for the budgets
         self.store = LabelStore(self.dir / "labels.sqlite")
         self.start = build_structure(config.system)
-        self.target = timed(as_target(target) if target is not None else build_target(config.target),
-                            functools.partial(self.timings.add, "target_dft"))
+        self._given_target = target
+        base = as_target(target) if target is not None else build_target(config.target)
+        self.targets = {arm: timed(base, functools.partial(self._target_time, arm)) for arm in ("slhmc", "relabel")}
+        self.target = self.targets["slhmc"]
         self.foundation = foundation if foundation is not None else self._load_foundation()
+
+    def _target_time(self, arm: str, seconds: float) -> None:
+        self.timings.add("target_dft", seconds)
+        self.target_seconds.add(arm, seconds)
 
     def _load_foundation(self):
         from slhmc_jax.models.foundations import load_foundation
@@ -300,6 +319,15 @@ class Workflow:
 
     # ---- sampling
 
+    def _timed_sampling(self, fn):
+        """``fn()``, its seconds less the target's added to ml_sampling."""
+        t0 = time.perf_counter()
+        dft0 = self.timings.seconds["target_dft"]
+        out = fn()
+        spent = time.perf_counter() - t0 - (self.timings.seconds["target_dft"] - dft0)
+        self.timings.add("ml_sampling", max(spent, 0.0))
+        return out
+
     def _sample(self, name: str, starts, proposal, target, settings, *, store, labels="energy") -> SampledRun:
         """A sampler run, resumable, its production frames and traces saved in ``name/``."""
         import slhmc_jax
@@ -307,12 +335,9 @@ class Workflow:
         done = SampledRun.load(self.dir / name)
         if done is not None:
             return done
-        t0 = time.perf_counter()
-        dft0 = self.timings.seconds["target_dft"]
-        res = slhmc_jax.sample(starts, proposal, target, settings=settings, store=store, labels=labels,
-                               checkpoint=self.dir / name / "sample.ckpt", progress=self.progress)
-        spent = time.perf_counter() - t0 - (self.timings.seconds["target_dft"] - dft0)
-        self.timings.add("ml_sampling", max(spent, 0.0))
+        res = self._timed_sampling(lambda: slhmc_jax.sample(starts, proposal, target, settings=settings, store=store,
+                                                            labels=labels, checkpoint=self.dir / name / "sample.ckpt",
+                                                            progress=self.progress))
         run = SampledRun(*rd.reference_from_sample(res))
         run.save(self.dir / name)
         return run
@@ -342,16 +367,16 @@ class Workflow:
             a.calc = SinglePointCalculator(a, energy=r.energy_eV, forces=r.forces_eV_A, stress=r.stress_eV_A3)
         return [a for _, _, a in states]
 
-    def _label(self, configs: list, chains: list) -> list:
+    def _label(self, configs: list, chains: list, arm: str = "slhmc") -> list:
         """Target results of ``configs`` through the store: with forces unless [run] labels = "energy"."""
         from slhmc_jax.targets.store import cached, label_forces
 
         if self.config.run.labels == "energy":
-            return cached(self.target, self.store).evaluate(configs, chains)
-        return label_forces(self.store, self.target, configs, chains)
+            return cached(self.targets[arm], self.store).evaluate(configs, chains)
+        return label_forces(self.store, self.targets[arm], configs, chains)
 
-    def _finetune(self, name: str, train: list):
-        """The foundation fine-tuned on ``train`` (resumable), saved as models/<name>."""
+    def _finetune(self, name: str, train: list, replicate: int = 0):
+        """The foundation fine-tuned on ``train`` (resumable; seed offset by ``replicate``), saved as models/<name>."""
         from slhmc_jax import finetune
 
         stem = self.dir / "models" / name
@@ -360,12 +385,17 @@ class Workflow:
             return done
         self._log(f"fine-tuning {name} on {len(train)} configurations")
         settings = dataclasses.replace(self.config.finetune, output_dir=str(self.dir / "finetune" / name), resume=True,
-                                       progress=self.progress, seed=self.config.finetune.seed + self.config.run.seed)
+                                       progress=self.progress,
+                                       seed=self.config.finetune.seed + self.config.run.seed + replicate)
         t0 = time.perf_counter()
         result = finetune.finetune(self.foundation, train, settings=settings)
         self.timings.add("training", time.perf_counter() - t0)
         save_model(result.potential, stem)
         return result.potential
+
+
+class Workflow(WorkflowPhases):
+    """One run of the workflow in a run directory (see the module docstring)."""
 
     # ---- the arms
 
@@ -387,49 +417,97 @@ class Workflow:
             starts = [self._atoms(run.frames, ci, -1) for ci in range(run.frames.n_chains)]  # the chains' ends
         return arm
 
-    def relabel_arm(self, n_configurations: int):
-        """(model, training set, (target energies, source energies)): the foundation's own samples,
-        relabelled by the target and fine-tuned."""
+    def slhmc_replicates(self, arm: SlhmcArm) -> list:
+        """The slhmc arm's final model of each replicate: replicate 0 is models[-1]; replicate i the
+        foundation fine-tuned on the same training set with the fine-tuning seed offset by i."""
+        name = f"slhmc_{self.config.run.iterations}"
+        return [arm.models[-1]] + [self._finetune(replicate_name(name, i), list(arm.training_set), replicate=i)
+                                   for i in range(1, self.config.run.replicates)]
+
+    def relabel_arm(self, n_configurations: int, replicate: int = 0) -> RelabelReplicate:
+        """The foundation's own samples (this replicate's seed), the first ``n_configurations``
+        distinct ones (step-major, de-duplicated by store key like the slhmc arm's), relabelled by the
+        target and fine-tuned."""
         from ase.calculators.singlepoint import SinglePointCalculator
 
         from slhmc_jax.targets import PotentialTarget
+        from slhmc_jax.targets.store import config_key
 
         c, r = self.config, self.config.relabel
-        n_steps = max(1, math.ceil(n_configurations / r.n_chains))
-        settings = sampler_settings(c, "relabel", n_steps=n_steps, on_failure="raise", **r.sampler_fields())
-        self._log(f"relabel: the foundation's own distribution, {r.n_chains} chains x {n_steps} steps")
-        frames = self._sample("relabel", self.start, self.foundation, PotentialTarget(self.foundation), settings,
+        # a model judging itself repeats rejected states: twice the steps leave room for n distinct ones
+        n_steps = max(1, math.ceil(2 * n_configurations / r.n_chains))
+        settings = sampler_settings(c, "relabel", n_steps=n_steps, on_failure="raise", offset=replicate,
+                                    **r.sampler_fields())
+        name = replicate_name("relabel", replicate)
+        self._log(f"{name}: the foundation's own distribution, {r.n_chains} chains x {n_steps} steps")
+        frames = self._sample(name, self.start, self.foundation, PotentialTarget(self.foundation), settings,
                               store=False).frames
-        picks = [(c_, s_) for s_ in range(n_steps) for c_ in range(r.n_chains)][:n_configurations]
+        settings_key, picks = self.target.settings(), {}
+        for s_, c_ in ((s_, c_) for s_ in range(n_steps) for c_ in range(r.n_chains)):
+            key = config_key(self._atoms(frames, c_, s_), settings_key)
+            if len(picks) < n_configurations and key not in picks:
+                picks[key] = (c_, s_)
+        keys = sorted(picks, key=lambda k: picks[k])  # chain by chain: warm starts
+        picks = [picks[k] for k in keys]
         configs = [self._atoms(frames, ci, si) for ci, si in picks]
         source = np.array([frames.target_energies[ci, si] for ci, si in picks])
-        self._log(f"relabel: labelling {len(configs)} configurations with the target")
-        results = self._label(configs, [ci for ci, _ in picks])
+        self._log(f"{name}: labelling {len(configs)} distinct configurations with the target")
+        results = self._label(configs, [ci for ci, _ in picks], arm="relabel")
         for a, res in zip(configs, results):
             a.calc = SinglePointCalculator(a, energy=res.energy_eV, forces=res.forces_eV_A, stress=res.stress_eV_A3)
         target_e = np.array([res.energy_eV for res in results])
-        return self._finetune("relabel", configs), configs, (target_e, source)
+        model = self._finetune(name, configs, replicate=replicate)
+        return RelabelReplicate(model, configs, (target_e, source), keys)
 
-    def evaluate(self, arm: str, model) -> SampledRun:
-        """``model`` sampled on its own (its Boltzmann distribution, exactly)."""
+    def evaluate(self, arm: str, model, replicate: int = 0) -> SampledRun:
+        """``model`` sampled on its own (its Boltzmann distribution, exactly), this replicate's seed."""
         from slhmc_jax.targets import PotentialTarget
 
         e = self.config.evaluation
-        settings = sampler_settings(self.config, "evaluation", n_steps=e.n_steps, on_failure="raise", **e.sampler_fields())
-        self._log(f"evaluation: the {arm} model on its own, {e.n_chains} chains x {e.n_steps} steps")
-        return self._sample(f"evaluation/{arm}", self.start, model, PotentialTarget(model), settings, store=False)
+        settings = sampler_settings(self.config, "evaluation", n_steps=e.n_steps, on_failure="raise", offset=replicate,
+                                    **e.sampler_fields())
+        name = replicate_name(arm, replicate)
+        self._log(f"evaluation: the {name} model on its own, {e.n_chains} chains x {e.n_steps} steps")
+        return self._sample(f"evaluation/{name}", self.start, model, PotentialTarget(model), settings, store=False)
+
+    def reference(self, proposal):
+        """The independent target reference (:mod:`slhmc_jax.app.reference`), ``proposal`` proposing."""
+        import slhmc_jax
+        from slhmc_jax.app import reference as ref
+        from slhmc_jax.targets import as_target, energy_only, timed
+        from slhmc_jax.targets.store import LabelStore
+
+        c, r = self.config, self.config.reference
+        directory = self.dir / "reference"
+        done = ref.load(directory, r.min_ess)
+        if done is not None:
+            return done
+        directory.mkdir(parents=True, exist_ok=True)
+        given = self._given_target
+        base = energy_only(as_target(given)) if given is not None else build_target(c.target, compute_forces=False)
+        target = timed(base, functools.partial(self._target_time, "reference"))
+        store = LabelStore(directory / "labels.sqlite")
+
+        def run_sampler(n_steps: int):
+            settings = sampler_settings(c, "reference", n_steps=n_steps, **r.sampler_fields())
+            return self._timed_sampling(lambda: slhmc_jax.sample(self.start, proposal, target, settings=settings,
+                                                                 store=store, labels="energy",
+                                                                 checkpoint=directory / "sample.ckpt",
+                                                                 progress=self.progress))
+
+        pairs = tuple(tuple(p) for p in c.evaluation.pairs)
+        return ref.sample_reference(directory, run_sampler, r, pairs, c.evaluation.k, log=self._log)
 
     # ---- report
 
-    def report(self, runs: list, arms: dict, relabel_energies, iterations: list) -> Path:
+    def report(self, runs: list, arms: dict, relabel_energies, metadata: dict, reference=None) -> Path:
         """The run directory's analysis inputs and the report, built in memory and each file written once."""
         from slhmc_jax.analysis import report as rep
 
         t0 = time.perf_counter()
-        metadata = {"config": str(self.config.source), "iterations": iterations,
-                    "dft_calls": {"total": int(len(self.store)), "store_rows": int(len(self.store))},
+        metadata = {"config": str(self.config.source), **metadata,
                     "time_breakdown_s": {k: round(v, 2) for k, v in self.timings.seconds.items()}}
-        run = run_data(self.config, runs, arms, relabel_energies, metadata)
+        run = run_data(self.config, runs, arms, relabel_energies, metadata, reference)
         rd.write_run_directory(self.dir, run)
         e = self.config.evaluation
         settings = rep.ReportSettings(pairs=tuple(tuple(p) for p in e.pairs), k=e.k, r_max_A=e.r_max_A, n_bins=e.n_bins,
@@ -441,23 +519,54 @@ class Workflow:
         final = {"time_breakdown_s": {k: round(v, 2) for k, v in self.timings.seconds.items()}}
         return Path(rep.write_report(analysis, self.dir, figures=figures, extra=final).json)
 
+    def target_audit(self) -> dict:
+        """Stored states re-evaluated cold (:func:`slhmc_jax.targets.audit.audit_store`): is the target
+        single-valued, whatever the warm starts and retries found? Kept in ``target_audit.json`` so a
+        rerun does not pay for it again; its calls are not stored and not charged to any arm."""
+        from slhmc_jax.targets.audit import audit_store
+
+        path = self.dir / "target_audit.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        c = self.config
+        self._log(f"target audit: {AUDIT_CONFIGURATIONS} stored states re-evaluated from a cold start")
+        audit = audit_store(self.store, self.target, n_configurations=AUDIT_CONFIGURATIONS,
+                            temperature_K=c.sampler.temperature_K, seed=c.run.seed).as_dict()
+        write_json(path, audit)
+        self._log(f"target audit: max |dE| {audit['max_abs_dE_meV']:.3g} meV = {audit['max_abs_dE_kT']:.3g} kT")
+        return audit
+
     def run(self) -> Path:
         """All phases (see the module docstring); returns the path of report.json."""
+        from slhmc_jax.targets.store import LabelStore
+        from slhmc_jax.analysis.provenance import provenance
+
         t_start = time.perf_counter()
+        c = self.config
         slhmc = self.slhmc_arm()
         iterations = [{"iteration": k, "proposal": "foundation" if k == 0 else f"slhmc_{k}",
                        "acceptance": run.acceptance, "target_calls": int(run.trace.target_evaluations),
                        "training_configurations_after": n}
                       for k, (run, n) in enumerate(zip(slhmc.runs, slhmc.training_sizes))]
-        arms, relabel_energies = {}, None
-        if "foundation" in self.config.run.arms:
-            arms["foundation"] = self.evaluate("foundation", self.foundation)
-        if "relabel" in self.config.run.arms:
-            relabel_model, _, relabel_energies = self.relabel_arm(len(slhmc.training_set))
-            arms["relabel"] = self.evaluate("relabel", relabel_model)
-        if "slhmc" in self.config.run.arms:
-            arms["slhmc"] = self.evaluate("slhmc", slhmc.models[-1])
-        path = self.report(slhmc.runs, arms, relabel_energies, iterations)
+        reference = self.reference(slhmc.models[-1]) if c.evaluation.reference == "independent" else None
+        replicates = range(c.run.replicates)
+        arms, relabel = {}, []
+        if "foundation" in c.run.arms:
+            arms["foundation"] = [self.evaluate("foundation", self.foundation, i) for i in replicates]
+        if "relabel" in c.run.arms:
+            relabel = [self.relabel_arm(len(slhmc.training_set), i) for i in replicates]
+            arms["relabel"] = [self.evaluate("relabel", rep.model, i) for i, rep in enumerate(relabel)]
+        if "slhmc" in c.run.arms:
+            arms["slhmc"] = [self.evaluate("slhmc", m, i) for i, m in enumerate(self.slhmc_replicates(slhmc))]
+        metadata = {"iterations": iterations, "replicates": c.run.replicates,
+                    "dft_calls": {"total": int(len(self.store)), "store_rows": int(len(self.store))},
+                    "budgets": budgets(self.store, slhmc, relabel, self.target_seconds.seconds)}
+        if reference is not None:
+            metadata["reference"] = reference.metadata()
+            metadata["dft_calls"]["reference_store_rows"] = int(len(LabelStore(self.dir / "reference" / "labels.sqlite")))
+        metadata["target_audit"] = self.target_audit()
+        metadata["provenance"] = provenance(cfg.to_toml(c))
+        path = self.report(slhmc.runs, arms, relabel[0].energies if relabel else None, metadata, reference)
         self._log(f"report: {path} ({time.perf_counter() - t_start:.0f} s in this session)")
         return path
 

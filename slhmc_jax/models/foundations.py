@@ -87,4 +87,8 @@ def load_foundation(spec: str, *, dtype: str = "float64", hyperparameters: dict 
     if not Path(spec).exists():
         raise ValueError(f"[model] foundation {spec!r} is not a file, a MACE-MP name ({sorted(MACE_MP_NAMES)}), "
                          f"'package:NAME' or 'registry:NAME'")
+    if spec.endswith(".nqx"):
+        from slhmc_jax.models import nequix
+
+        return nequix.load(spec, dtype=jdtype)
     return mace.load(spec, dtype=jdtype)

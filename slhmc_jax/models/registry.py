@@ -1,6 +1,7 @@
 """The model registry: a name -> ``builder(atomic_numbers, *, key, dtype, **hyper) -> Potential``.
 
-Built in: "mace" (:mod:`slhmc_jax.models.mace`), "nequip" (:mod:`slhmc_jax.models.nequip`) and
+Built in: "mace" (:mod:`slhmc_jax.models.mace`), "nequip" (:mod:`slhmc_jax.models.nequip`), "nequix"
+(:mod:`slhmc_jax.models.nequix`, Nequix's architecture; ``nequix.load`` reads its ``.nqx`` files) and
 "lennard_jones" (:func:`lennard_jones_energy`). The registry imports a model's module only when that
 model is built, and model modules never import the registry (they build on
 :mod:`slhmc_jax.models.flax_potential`), so the imports run one way. ``FlaxPotential``,
@@ -112,5 +113,14 @@ def _build_lennard_jones(atomic_numbers, *, key=None, dtype=jnp.float64, epsilon
 
 
 register("nequip", _build_nequip)
+
+
+def _build_nequix(atomic_numbers, *, key=None, dtype=jnp.float64, **hyper):
+    from slhmc_jax.models import nequix
+
+    return nequix.build(atomic_numbers, key=key, dtype=dtype, **hyper)
+
+
+register("nequix", _build_nequix)
 register("mace", _build_mace)
 register("lennard_jones", _build_lennard_jones)
