@@ -51,7 +51,7 @@ def test_every_key_refuses_a_wrong_type_and_names_itself(table, key, tp):
     ("finetune", "epochs", 0), ("finetune", "valid_fraction", 1.5), ("finetune", "strategy", "magic"),
     ("relabel", "n_chains", 0), ("relabel", "timestep_fs", -1.0),
     ("evaluation", "k", 0), ("evaluation", "pairs", [["Ti"]]), ("evaluation", "reference", "first"),
-    ("cost", "seconds_per_call", 0.0), ("run", "replicates", 0), ("run", "replicates", 1000),
+    ("cost", "seconds_per_call", 0.0), ("cost", "seconds_per_energy_call", 0.0), ("run", "replicates", 0), ("run", "replicates", 1000),
     ("reference", "min_ess", 0.0), ("reference", "chunk_steps", 3), ("reference", "max_steps", 10),
     ("reference", "n_chains", 0),
 ])

@@ -7,7 +7,7 @@ an impossible value raises :class:`ConfigError` naming the table, the key and wh
     [system]      SystemConfig     the structure (a molecule, rutile, an ASE crystal, a file)
     [model]       ModelConfig      the foundation model (a MACE-MP name, a file, a registry model)
     [target]      TargetConfig     the judge (PySCF, an ASE calculator), dispatch
-    [sampler]     SamplerSettings  the SLHMC production runs (slhmc_jax.sampler.driver)
+    [sampler]     SamplerSettings  the SLHMC production runs (slhmc_jax.sampler.settings)
     [finetune]    FinetuneSettings the recipe shared by every arm (slhmc_jax.finetune)
     [relabel]     RelabelConfig    the relabel control: sampling of the base model's distribution
     [evaluation]  EvaluationConfig the sampling of each arm's model and the observables
@@ -24,15 +24,11 @@ TOML has no null: ``key = false`` turns an optional setting off (``ema_decay = f
 from __future__ import annotations
 
 import dataclasses
+import tomllib  # Python >= 3.11 (pyproject's requires-python)
 import types
 import typing
 from pathlib import Path
 from typing import Any, Union
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
 
 from slhmc_jax.checks import FieldCheck
 from slhmc_jax.sampler.md import THERMOSTATS
@@ -296,12 +292,15 @@ class CostConfig:
 
     seconds_per_call: wall seconds of one energy (+ forces) evaluation on one worker, as measured
         for this system and functional (the example configs say where their number comes from).
+    seconds_per_energy_call: the same for energies alone (reference, audit); default: seconds_per_call.
     """
 
     seconds_per_call: float = 1.0
+    seconds_per_energy_call: float | None = None
 
     def __post_init__(self):
-        _check(self, "cost").number("seconds_per_call", 0.0, lo_open=True, expected="> 0 s")
+        for key in ("seconds_per_call", "seconds_per_energy_call"):
+            _check(self, "cost").number(key, 0.0, lo_open=True, optional=key != "seconds_per_call", expected="> 0 s")
 
 
 @dataclasses.dataclass(frozen=True)

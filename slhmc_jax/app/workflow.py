@@ -61,7 +61,6 @@ from slhmc_jax.app.run_files import claim_run_directory, load_model, save_model
 from slhmc_jax.files import write_json
 from slhmc_jax.sampler.trajectory import Trajectory
 
-AUDIT_CONFIGURATIONS = 8  # stored states the target audit re-evaluates (issue 27: one cold call each)
 PROMOTED_METADATA = ("time_breakdown_s", "iterations", "dft_calls")
 
 
@@ -523,6 +522,7 @@ class Workflow(WorkflowPhases):
         """Stored states re-evaluated cold (:func:`slhmc_jax.targets.audit.audit_store`): is the target
         single-valued, whatever the warm starts and retries found? Kept in ``target_audit.json`` so a
         rerun does not pay for it again; its calls are not stored and not charged to any arm."""
+        from slhmc_jax.targets.audit import DEFAULT_CONFIGURATIONS as AUDIT_CONFIGURATIONS
         from slhmc_jax.targets.audit import audit_store
 
         path = self.dir / "target_audit.json"

@@ -36,6 +36,7 @@ from slhmc_jax.targets.store import CachedTarget, LabelStore, config_key
 from slhmc_jax.units import KB_EV_PER_K
 
 THRESHOLD_KT = 0.1
+DEFAULT_CONFIGURATIONS = 8  # stored states an audit re-evaluates (one cold energy call each)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +124,7 @@ def stored_states(store: LabelStore, settings: dict) -> list:
     return out
 
 
-def audit_store(store, target, *, n_configurations: int = 8, temperature_K: float, seed: int = 0,
+def audit_store(store, target, *, n_configurations: int = DEFAULT_CONFIGURATIONS, temperature_K: float, seed: int = 0,
                 threshold_kT: float = THRESHOLD_KT) -> TargetAudit:
     """Re-evaluate a seeded random sample of the stored states of ``target`` from a cold start.
 
