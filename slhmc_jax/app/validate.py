@@ -77,7 +77,7 @@ from slhmc_jax import precision  # noqa: F401  (float64)
 from slhmc_jax.analysis.formatting import json_safe
 from slhmc_jax.analysis.statistics import comparisons
 from slhmc_jax.app import config as cfg
-from slhmc_jax.app.run_files import claim_run_directory, load_model, save_model
+from slhmc_jax.app.run_files import claim_run_directory, load_model, model_path, save_model
 from slhmc_jax.app.validation_checks import (RotationCheck, check_direct_md_feasible, check_rotation_invariance,
                                              fully_periodic, warn_if_thermostat_not_ergodic)
 from slhmc_jax.app.validation_report import report_data, report_markdown, write_figures
@@ -288,7 +288,7 @@ class Validation:
             proposal = self.foundation
             if name == "finetuned":
                 t0 = time.perf_counter()
-                trained = (self.dir / "models" / "finetuned.params.pkl").exists()
+                trained = model_path(self.dir / "models" / "finetuned").exists()
                 proposal, finetune_info = self.finetuned(md)
                 if not trained:
                     self.runtime["finetune"] = time.perf_counter() - t0

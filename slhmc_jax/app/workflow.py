@@ -27,7 +27,7 @@ Run directory::
     RUN_DIR/slhmc/iter_K/          sample checkpoint, samples.npz (the production samples, a trajectory
                                    file: slhmc_jax.sampler.trajectory) and trace.npz (their sampler traces)
     RUN_DIR/finetune/<model>/      fine-tuning checkpoints, metrics, learning curve
-    RUN_DIR/models/<model>.*       models: params (.params.pkl), MACE native (.npz) and mace-torch (.model)
+    RUN_DIR/models/<model>.*       models: params (.params.npz), MACE native (.npz) and mace-torch (.model)
     RUN_DIR/relabel/               the foundation's own samples (replicate i >= 1: relabel_r<i>/)
     RUN_DIR/reference/             the reference run: checkpoint, labels.sqlite, samples.npz, ess.json
     RUN_DIR/evaluation/<arm>/      each arm's model sampled on its own (replicate i >= 1: <arm>_r<i>/)
