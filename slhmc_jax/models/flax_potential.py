@@ -171,3 +171,19 @@ def from_flax_module(module, atomic_numbers, cutoff: float, *, key=None, dtype=j
         params = jax.jit(module.init)(key, *_example_inputs(len(table.atomic_numbers), dtype))
     params = jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
     return FlaxPotential(module, params, cutoff, table.atomic_numbers)
+
+
+def with_species_energies(potential: FlaxPotential, leaf: str, energies_eV, what: str) -> FlaxPotential:
+    """``potential`` with its per-species energy leaf ``params["params"][leaf]`` set to ``energies_eV``
+    (one value per element of its species table, eV, in the parameters' dtype); ``what`` names the
+    argument in the error."""
+    import jax
+    import jax.numpy as jnp
+
+    params = jax.tree.map(lambda p: p, potential.params)  # a new container: the original stays as it is
+    n = len(potential.atomic_numbers)
+    e0 = jnp.asarray(energies_eV, params["params"][leaf].dtype)
+    if e0.shape != (n,):
+        raise ValueError(f"{what} needs {n} values (one per element); got shape {e0.shape}")
+    params["params"][leaf] = e0
+    return FlaxPotential(potential.module, params, potential.cutoff, potential.atomic_numbers)

@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from slhmc_jax.models.flax_potential import FlaxPotential, from_flax_module
+from slhmc_jax.models.flax_potential import FlaxPotential, from_flax_module, with_species_energies
 
 __all__ = ["NequIP", "build"]
 
@@ -123,10 +123,5 @@ def build(
     module = NequIP(n_species=len(z), cutoff=float(cutoff), **hyper)
     pot = from_flax_module(module, z, cutoff, key=key, dtype=dtype)
     if species_energies_eV is not None:
-        shifts = jnp.asarray(species_energies_eV, dtype)
-        if shifts.shape != (len(z),):
-            raise ValueError(f"species_energies_eV needs {len(z)} values (one per element); got shape {shifts.shape}")
-        params = jax.tree.map(lambda p: p, pot.params)
-        params["params"]["species_shift"] = shifts
-        pot = FlaxPotential(module, params, pot.cutoff, pot.atomic_numbers)
+        pot = with_species_energies(pot, "species_shift", species_energies_eV, "species_energies_eV")
     return pot

@@ -12,10 +12,9 @@ The ``nequix`` package is not needed: the file is read with NumPy (no pickle).
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
-from slhmc_jax.models.flax_potential import FlaxPotential, from_flax_module
+from slhmc_jax.models.flax_potential import FlaxPotential, from_flax_module, with_species_energies
 from slhmc_jax.models.nequix.model import Nequix
 from slhmc_jax.models.nequix.nqx import load, read_nqx
 
@@ -37,12 +36,7 @@ def build(atomic_numbers, *, key=None, dtype=jnp.float64, cutoff: float = 6.0, a
     module = Nequix(n_species=len(z), cutoff=float(cutoff), dtype=dtype, **hyper)
     pot = from_flax_module(module, z, cutoff, key=key, dtype=dtype)
     if atom_energies_eV is not None:
-        e0 = jnp.asarray(atom_energies_eV, dtype)
-        if e0.shape != (len(z),):
-            raise ValueError(f"atom_energies_eV needs {len(z)} values (one per element); got shape {e0.shape}")
-        params = jax.tree.map(lambda p: p, pot.params)
-        params["params"]["atom_energies"] = e0
-        pot = FlaxPotential(module, params, pot.cutoff, pot.atomic_numbers)
+        pot = with_species_energies(pot, "atom_energies", atom_energies_eV, "atom_energies_eV")
     return pot
 
 
